@@ -1,0 +1,6 @@
+"""Diagnostics and media callbacks."""
+
+from lightning_vi.callbacks.images import LatentTraversal, Reconstructions, SampleGrid
+from lightning_vi.callbacks.media import figure_to_array, log_image, make_grid
+
+__all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array"]

@@ -1,0 +1,282 @@
+"""VIModule: the shared training step of every family and the plugin hook points (DESIGN.md).
+
+Data flow of one training step::
+
+    batch -> plugin.transform_batch (training only, in plugin order)
+          -> family.objective(batch) -> {"recon": t, "kl": t, "elbo": t, "z": tensor, ...}
+          -> plugin.extra_terms(outputs, batch, module) (training only)
+          -> loss = sum(term_weights[k] * terms[k]) + sum(extra terms)
+          -> backward, gradient hooks, optimizer step (Lightning)
+
+Scalar entries of the objective's dict are *terms*: those named in ``term_weights`` enter the loss,
+the others (``elbo``, ``acc``) are diagnostics; all are logged as ``<stage>/<name>``. Non-scalar entries
+are *outputs* (latents, logits) handed to plugins and never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Iterable
+from typing import Any, Callable, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_vi.core.checks import check_shape
+from lightning_vi.plugins.base import Plugin
+from lightning_vi.registry import PLUGINS
+
+PluginSpec = Union[Plugin, str, dict]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite; names the step and the bad terms."""
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module.Name"``."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"class_path {path!r} must be a dotted path such as 'torch.optim.Adam'")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_plugin(spec: PluginSpec) -> Plugin:
+    """Build a plugin from an instance, a registered name, ``{"class_path", "init_args"}`` or ``{name: {args}}``."""
+    if isinstance(spec, Plugin):
+        return spec
+    if isinstance(spec, str):
+        return PLUGINS.get(spec)()
+    if isinstance(spec, dict) or hasattr(spec, "items"):
+        spec = dict(spec)
+        if "class_path" in spec:
+            path = spec["class_path"]
+            cls = PLUGINS.get(path) if "." not in path else import_object(path)
+            return cls(**dict(spec.get("init_args") or {}))
+        if len(spec) == 1:
+            (name, args), = spec.items()
+            return PLUGINS.get(name)(**dict(args or {}))
+    raise TypeError(
+        f"Cannot build a plugin from {spec!r}; give a registered name (one of {PLUGINS.names()}), "
+        "{'class_path': ..., 'init_args': {...}} or {name: {arg: value}}"
+    )
+
+
+def build_callable(spec: Any) -> Callable | None:
+    """Turn an optimizer/scheduler spec (callable or ``{"class_path", "init_args"}``) into a callable."""
+    if spec is None or callable(spec):
+        return spec
+    if hasattr(spec, "items") and "class_path" in spec:
+        return functools.partial(import_object(spec["class_path"]), **dict(spec.get("init_args") or {}))
+    raise TypeError(f"Cannot build an optimizer/scheduler from {spec!r}; give a callable or a class_path dict")
+
+
+def to_plain(value: Any) -> Any:
+    """Checkpoint-safe (weights_only-loadable) description of a hyper-parameter value."""
+    if isinstance(value, Plugin):
+        return value.to_config()
+    if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, functools.partial):
+        return {"class_path": f"{value.func.__module__}.{value.func.__qualname__}", "init_args": to_plain(value.keywords)}
+    if isinstance(value, type):
+        return {"class_path": f"{value.__module__}.{value.__qualname__}", "init_args": {}}
+    if value is None or isinstance(value, (bool, int, float, str, Tensor)):
+        return value
+    return str(value)
+
+
+class VIModule(L.LightningModule):
+    """Base class of every family.
+
+    Subclasses implement ``objective(batch) -> dict[str, Tensor]`` (and ``sample(n)`` where sampling
+    makes sense), set ``self.term_weights`` and call ``self.save_hyperparameters()``.
+
+    Args:
+        plugins: regularizers, each a ``Plugin``, a registered name (``"cutmix"``),
+            ``{"class_path": ..., "init_args": ...}`` or ``{name: {args}}``.
+        optimizer: optimizer factory (``params -> Optimizer``), e.g. from YAML
+            ``{class_path: torch.optim.AdamW, init_args: {lr: 1e-3}}``; default Adam(lr).
+        lr_scheduler: scheduler factory (``optimizer -> LRScheduler``) or None.
+        lr: learning rate of the default optimizer.
+        check_finite: stop with ``NonFiniteLossError`` when the loss becomes NaN/inf.
+    """
+
+    #: Input shape per example (without batch dim) that ``batch["x"]`` must have; None = unchecked.
+    input_shape: tuple[int, ...] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def wrapped(self: VIModule, *args: Any, **kw: Any) -> None:
+            depth = getattr(self, "_init_depth", 0)
+            object.__setattr__(self, "_init_depth", depth + 1)
+            try:
+                init(self, *args, **kw)
+            finally:
+                object.__setattr__(self, "_init_depth", depth)
+            if depth == 0:
+                self._attach_plugins()
+
+        cls.__init__ = wrapped  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        plugins: list[Union[Plugin, str, dict]] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr: float = 1e-3,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if lr <= 0:
+            raise ValueError(f"lr={lr!r} is out of range; allowed: (0, inf)")
+        specs = list(plugins or [])
+        built = [resolve_plugin(p) for p in specs]
+        # Stable sort: by the plugin's class order, then by position in the config list.
+        self.plugins: list[Plugin] = [p for _, _, p in sorted((p.order, i, p) for i, p in enumerate(built))]
+        self._optimizer_factory = build_callable(optimizer)
+        self._scheduler_factory = build_callable(lr_scheduler)
+        self._lr = lr
+        self.check_finite = check_finite
+        self.term_weights: dict[str, float] = {}
+        self._shape_checked: set[str] = set()
+        self._attached = False
+
+    # -- plugins ------------------------------------------------------------------------------
+    def _attach_plugins(self) -> None:
+        if self._attached:
+            return
+        self._attached = True
+        for p in self.plugins:
+            p.attach(self)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return list(self.plugins)
+
+    def plugin(self, name_or_type: str | type) -> Plugin:
+        """The attached plugin with this registered name or type."""
+        for p in self.plugins:
+            if (isinstance(name_or_type, str) and p.name == name_or_type) or (
+                isinstance(name_or_type, type) and isinstance(p, name_or_type)
+            ):
+                return p
+        raise KeyError(f"No plugin {name_or_type!r} attached; attached: {[p.name for p in self.plugins]}")
+
+    # -- family contract ----------------------------------------------------------------------
+    def objective(self, batch: Any) -> dict[str, Tensor]:
+        """Named terms (and outputs) for one batch; see the module docstring."""
+        raise NotImplementedError(f"{type(self).__name__} must implement objective(batch)")
+
+    def test_terms(self, batch: Any) -> dict[str, Tensor]:
+        """Extra test-time terms (e.g. an importance-sampled log-likelihood); default none."""
+        return {}
+
+    def sample(self, n: int) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not define sample(n)")
+
+    # -- the shared step ----------------------------------------------------------------------
+    def _check_input(self, batch: Any, stage: str) -> None:
+        if stage in self._shape_checked or self.input_shape is None:
+            return
+        x = batch["x"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+        try:
+            check_shape("batch['x']", x, (None, *self.input_shape))
+        except ValueError as err:
+            raise ValueError(
+                f"{err}: {type(self).__name__} declares input_shape={list(self.input_shape)}. "
+                f"Set model.init_args.input_shape to {list(x.shape[1:])} or change the data module."
+            ) from None
+        self._shape_checked.add(stage)
+
+    def compute_loss(self, batch: Any, stage: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Run transforms, objective and extra terms; return (loss, scalar terms)."""
+        self._check_input(batch, stage)
+        training = stage == "train"
+        if training:
+            for p in self.plugins:
+                batch = p.transform_batch(batch, self)
+        out = self.objective(batch)
+        if stage == "test":
+            out = {**out, **self.test_terms(batch)}
+        terms = {k: v for k, v in out.items() if isinstance(v, Tensor) and v.ndim == 0}
+        outputs = {k: v for k, v in out.items() if k not in terms}
+        loss = None
+        for k, w in self.term_weights.items():
+            if k in terms and w != 0:
+                loss = w * terms[k] if loss is None else loss + w * terms[k]
+        if training:
+            for p in self.plugins:
+                for k, v in p.extra_terms(outputs, batch, self).items():
+                    terms[k] = v
+                    loss = v if loss is None else loss + v
+        if loss is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.objective returned no weighted term; terms {sorted(terms)}, "
+                f"term_weights {self.term_weights}"
+            )
+        terms["loss"] = loss
+        if training and self.check_finite and not torch.isfinite(loss):
+            bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
+            raise NonFiniteLossError(
+                f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}); "
+                f"non-finite terms: {bad}. Checkpoints saved so far are untouched. Lower the learning rate, "
+                "switch on the gradient_clipping plugin, or check the data for NaN/inf."
+            )
+        return loss, terms
+
+    def _log_terms(self, terms: dict[str, Tensor], stage: str, batch_size: int) -> None:
+        on_step = stage == "train"
+        for k, v in terms.items():
+            self.log(f"{stage}/{k}", v.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size,
+                     prog_bar=(k == "loss"), sync_dist=not on_step)
+
+    @staticmethod
+    def _batch_size(batch: Any) -> int:
+        x = batch["x"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+        return int(x.shape[0])
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss, terms = self.compute_loss(batch, "train")
+        self._log_terms(terms, "train", self._batch_size(batch))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        _, terms = self.compute_loss(batch, "val")
+        self._log_terms(terms, "val", self._batch_size(batch))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        _, terms = self.compute_loss(batch, "test")
+        self._log_terms(terms, "test", self._batch_size(batch))
+
+    # -- optimisation -------------------------------------------------------------------------
+    def parameter_groups(self) -> Iterable[Any]:
+        """Parameters (or param-group dicts) handed to the optimizer; families may override."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        params = self.parameter_groups()
+        if self._optimizer_factory is None:
+            opt = torch.optim.Adam(params, lr=self._lr)
+        else:
+            opt = self._optimizer_factory(params)
+        if self._scheduler_factory is None:
+            return opt
+        sched = self._scheduler_factory(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Hyper-parameters may hold plugin objects or optimizer partials: store plain data, so that
+        # torch.load(weights_only=True) reads them and load_from_checkpoint rebuilds the plugins.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = to_plain(dict(checkpoint["hyper_parameters"]))

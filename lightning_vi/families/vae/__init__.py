@@ -1,0 +1,5 @@
+"""Variational autoencoders."""
+
+from lightning_vi.families.vae.vae import VAE
+
+__all__ = ["VAE"]

@@ -1,0 +1,79 @@
+"""The plugin contract (see DESIGN.md).
+
+A plugin is a ``lightning.Callback`` with three optional framework hooks that ``VIModule`` calls:
+
+* ``attach(module)``: structural change before optimizers are built (wrap a head, decompose a layer);
+* ``transform_batch(batch, module)``: training-time batch transform (CutMix, noise injection);
+* ``extra_terms(outputs, batch, module)``: additional loss terms, already weighted.
+
+Order. Plugins run in ascending ``order`` (class attribute), ties broken by their position in the
+config list; so ``[mixup, cutmix]`` and ``[cutmix, mixup]`` both transform in list order, while a
+structural plugin (order 0) always attaches before batch transforms (order 10) and loss terms (20)
+are added after the family's own terms. Gradient plugins (order 30) act in Lightning's gradient hooks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import lightning as L
+from torch import Tensor
+
+from lightning_vi.core.checks import check_choice, check_range  # noqa: F401  (re-exported for plugins)
+from lightning_vi.registry import PLUGINS
+
+
+class Plugin(L.Callback):
+    """Base class of every regularizer plugin."""
+
+    #: Sorting key; see the module docstring for the conventions.
+    order: int = 50
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def wrapped(self: Plugin, *args: Any, **kw: Any) -> None:
+            if not hasattr(self, "_init_args"):
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                bound.apply_defaults()
+                self._init_args = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
+            init(self, *args, **kw)
+
+        cls.__init__ = wrapped  # type: ignore[method-assign]
+
+    # -- framework hooks (all optional) -------------------------------------------------------
+    def attach(self, module: L.LightningModule) -> None:
+        """Structural change to ``module``; called once, before optimizers are configured."""
+
+    def transform_batch(self, batch: Any, module: L.LightningModule) -> Any:
+        """Return the (training) batch transformed; default: unchanged."""
+        return batch
+
+    def extra_terms(self, outputs: dict[str, Tensor], batch: Any, module: L.LightningModule) -> dict[str, Tensor]:
+        """Additional weighted loss terms, keyed by name (logged as ``train/<name>``)."""
+        return {}
+
+    # -- serialisation ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return PLUGINS.name_of(self) or type(self).__name__
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain-data description ``{"class_path": ..., "init_args": {...}}`` used in checkpoints."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(getattr(self, "_init_args", {}))}
+
+    @property
+    def state_key(self) -> str:
+        # Unique per configuration, so two instances of one plugin keep separate checkpoint state.
+        return self._generate_state_key(**getattr(self, "_init_args", {}))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "_init_args", {}).items())
+        return f"{type(self).__name__}({args})"

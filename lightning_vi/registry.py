@@ -1,0 +1,134 @@
+"""One registry type for families and plugins, with lazy entry-point discovery.
+
+Built-in objects register themselves with ``@FAMILIES.register("vae")`` / ``@PLUGINS.register("cutmix")``
+when their module is imported; discovery imports every module under the built-in package, then loads
+the entry-point group (``lightning_vi.families`` / ``lightning_vi.plugins``) so that third-party
+packages appear by name as soon as they are installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterator
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that no registry entry has; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0])
+
+
+def summary(obj: Any) -> str:
+    """First line of an object's docstring (the one-line description shown by `lvi plugins`)."""
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Name -> object mapping with entry-point discovery.
+
+    Args:
+        kind: what is registered ("plugin", "family"), used in messages.
+        group: entry-point group that third-party packages use.
+        package: built-in package whose modules are imported on discovery.
+    """
+
+    def __init__(self, kind: str, group: str, package: str) -> None:
+        self.kind, self.group, self.package = kind, group, package
+        self._items: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}
+        self._discovered = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, name: str, obj: Any = None, *, source: str = "builtin") -> Any:
+        """Register ``obj`` under ``name``; usable as a decorator: ``@REG.register("name")``."""
+        if obj is None:
+            return lambda o: self.register(name, o, source=source)
+        if not isinstance(name, str) or not name.isidentifier() or name.lower() != name:
+            raise ValueError(f"{self.kind} name must be a snake_case identifier, got {name!r}")
+        old = self._items.get(name)
+        if old is not None and old is not obj and _qualname(old) != _qualname(obj):
+            raise ValueError(
+                f"{self.kind} name {name!r} is already registered to {_qualname(old)}; "
+                f"cannot register {_qualname(obj)} under the same name"
+            )
+        self._items[name] = obj
+        self._sources[name] = source
+        setattr(obj, "registered_name", name) if isinstance(obj, type) else None
+        return obj
+
+    # -- discovery ----------------------------------------------------------------------------
+    def discover(self, force: bool = False) -> None:
+        """Import built-in modules and load third-party entry points (once)."""
+        if self._discovered and not force:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg.__name__ + "."):
+            if info.name.rsplit(".", 1)[-1].startswith("_"):
+                continue
+            importlib.import_module(info.name)
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                continue
+            obj = ep.load()
+            self.register(ep.name, obj, source=f"entry point {ep.value} ({ep.dist.name if ep.dist else '?'})")
+
+    # -- lookup -------------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        """Return the object registered as ``name``; an unknown name lists the known ones."""
+        if name not in self._items:
+            self.discover()
+        if name not in self._items:
+            known = sorted(self._items)
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+            )
+        return self._items[name]
+
+    def __contains__(self, name: str) -> bool:
+        self.discover()
+        return name in self._items
+
+    def names(self) -> list[str]:
+        self.discover()
+        return sorted(self._items)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        self.discover()
+        for name in sorted(self._items):
+            yield name, self._items[name]
+
+    def source(self, name: str) -> str:
+        return self._sources.get(name, "builtin")
+
+    def name_of(self, obj: Any) -> str | None:
+        """Registered name of ``obj`` (or of its class), if any."""
+        cls = obj if isinstance(obj, type) else type(obj)
+        for name, item in self._items.items():
+            if item is cls:
+                return name
+        return None
+
+    def listing(self) -> str:
+        """One line per registered name: ``name  class  description``."""
+        rows = [(n, _qualname(o), summary(o)) for n, o in self.items()]
+        w0 = max((len(r[0]) for r in rows), default=0)
+        return "\n".join(f"{n:<{w0}}  {d}  [{q}]" for n, q, d in rows)
+
+
+def _qualname(obj: Any) -> str:
+    if isinstance(obj, Callable) and hasattr(obj, "__qualname__"):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return repr(obj)
+
+
+PLUGINS = Registry("plugin", "lightning_vi.plugins", "lightning_vi.plugins")
+FAMILIES = Registry("family", "lightning_vi.families", "lightning_vi.families")
