@@ -226,7 +226,7 @@ class VIModule(L.LightningModule):
             )
         terms["loss"] = loss
         if training and self.check_finite and not torch.isfinite(loss):
-            bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v)}
+            bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v)}
             raise NonFiniteLossError(
                 f"Non-finite training loss at global step {self.global_step} (epoch {self.current_epoch}); "
                 f"non-finite terms: {bad}. Checkpoints saved so far are untouched. Lower the learning rate, "
