@@ -111,14 +111,15 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> VICLI:
     FAMILIES.discover()
     PLUGINS.discover()
     argv = _preprocess(list(sys.argv[1:] if args is None else args))
-    saved, sys.argv = sys.argv, sys.argv[:1]  # we pass the (resolved) arguments explicitly
+    # LightningCLI reads sys.argv; DDP launchers re-run this command line in the child processes.
+    saved, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "lvi", *argv]
     try:
-        return _make_cli(argv, run)
+        return _make_cli(run)
     finally:
         sys.argv = saved
 
 
-def _make_cli(argv: list[str], run: bool) -> VICLI:
+def _make_cli(run: bool) -> VICLI:
     return VICLI(
         VIModule,
         L.LightningDataModule,
@@ -128,7 +129,6 @@ def _make_cli(argv: list[str], run: bool) -> VICLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf"},
         auto_configure_optimizers=False,
-        args=argv,
         run=run,
     )
 

@@ -40,6 +40,7 @@ class Registry:
 
     def __init__(self, kind: str, group: str, package: str) -> None:
         self.kind, self.group, self.package = kind, group, package
+        self.plural = "families" if kind == "family" else f"{kind}s"
         self._items: dict[str, Any] = {}
         self._sources: dict[str, str] = {}
         self._discovered = False
@@ -89,7 +90,7 @@ class Registry:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+                f"Unknown {self.kind} {name!r}.{hint} Known {self.plural}: {', '.join(known) or '(none)'}."
             )
         return self._items[name]
 
