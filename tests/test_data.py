@@ -48,7 +48,7 @@ def test_sprites_carry_their_factors():
     cy = (img.sum(2) * grid).sum(1) / mass
     assert (cx - f[:, 3]).abs().mean() < 0.02 and (cy - f[:, 4]).abs().mean() < 0.02
     # larger scale -> more pixels, for a fixed shape and rotation
-    base = torch.tensor([[0, 0.5, 0, 0.5, 0.5], [0, 1.0, 0, 0.5, 0.5]])
+    base = torch.tensor([[1, 0.5, 0, 0.5, 0.5], [1, 1.0, 0, 0.5, 0.5]])  # ellipses
     small, big = render_sprites(base, 128).sum((1, 2, 3))
     assert big / small == pytest.approx(4.0, rel=0.1)
 
