@@ -31,7 +31,7 @@ def test_quickstart_logs_terms_media_and_config_to_wandb(tmp_path, monkeypatch):
     cli = build_cli(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "5", *TINY])
     run = cli.trainer.logger.experiment
     try:
-        for key in ("val/elbo", "val/recon", "val/kl", "train/loss_epoch", "train/kl_step"):
+        for key in ("val/elbo", "val/recon", "val/kl", "train/loss_epoch", "train/kl"):
             assert key in run.summary.keys(), (key, list(run.summary.keys()))
         assert run.config["config"]["model"]["init_args"]["latent_dim"] == 8
         assert cli.model.input_shape == (1, 16, 16)  # ${data.init_args.image_size} interpolation
