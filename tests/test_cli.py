@@ -143,3 +143,17 @@ def test_shape_mismatch_from_config(tmp_path, capsys, monkeypatch):
     err = _error(capsys, ["fit", "--config", QUICKSTART, "--trainer.logger", "false",
                           "--model.init_args.input_shape", "[1, 32, 32]"])
     assert "input_shape=[1, 32, 32]" in err and ", 1, 16, 16)" in err and "Set model.init_args.input_shape" in err
+
+
+def test_scheduler_from_yaml_and_predict(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sched = "{class_path: torch.optim.lr_scheduler.StepLR, init_args: {step_size: 1, gamma: 0.5}}"
+    cli = build_cli(["fit", "--config", QUICKSTART, "--trainer.logger", "false", "--trainer.max_epochs", "2",
+                     "--model.init_args.lr_scheduler", sched, *TINY])
+    opt = cli.trainer.optimizers[0]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.002 * 0.25)
+    last = tmp_path / "outputs/quickstart/checkpoints/last.ckpt"
+    pred = build_cli(["predict", "--config", QUICKSTART, "--trainer.logger", "false", "--ckpt_path", str(last),
+                      "--trainer.limit_predict_batches", "1"])
+    out = pred.trainer.predict_loop.predictions
+    assert out[0].shape[1:] == (1, 16, 16) and 0 <= float(out[0].min()) and float(out[0].max()) <= 1

@@ -287,6 +287,10 @@ class VIModule(L.LightningModule):
         _, terms = self.compute_loss(batch, "test")
         self._log_terms(terms, "test", self._batch_size(batch))
 
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        """Default prediction: ``forward`` on the inputs (a reconstruction, logits, ...)."""
+        return self(batch["x"] if isinstance(batch, dict) else batch)
+
     # -- optimisation -------------------------------------------------------------------------
     def parameter_groups(self) -> Iterable[Any]:
         """Parameters (or param-group dicts) handed to the optimizer; families may override."""
