@@ -28,7 +28,7 @@ def test_quickstart_logs_terms_media_and_config_to_wandb(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.chdir(tmp_path)
-    cli = build_cli(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "5", *TINY])
+    cli = build_cli(["fit", "--config", QUICKSTART, "--trainer.max_epochs", "10", *TINY])
     run = cli.trainer.logger.experiment
     try:
         for key in ("val/elbo", "val/recon", "val/kl", "train/loss_epoch", "train/kl"):
