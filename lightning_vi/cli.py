@@ -18,6 +18,8 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+import lightning_vi.callbacks  # noqa: F401  (short class names in configs: SampleGrid, ...)
+import lightning_vi.data  # noqa: F401  (short class names in configs: DigitsDataModule, ...)
 from lightning_vi.core.module import NonFiniteLossError, VIModule
 from lightning_vi.registry import FAMILIES, PLUGINS, UnknownNameError
 

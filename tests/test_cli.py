@@ -157,3 +157,11 @@ def test_scheduler_from_yaml_and_predict(tmp_path, monkeypatch):
                       "--trainer.limit_predict_batches", "1"])
     out = pred.trainer.predict_loop.predictions
     assert out[0].shape[1:] == (1, 16, 16) and 0 <= float(out[0].min()) and float(out[0].max()) <= 1
+
+
+def test_short_names_on_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model, data in (("vae", "DigitsDataModule"), ("VAE", "lightning_vi.data.DigitsDataModule")):
+        cli = build_cli(["fit", "--model", model, "--data", data, "--trainer.fast_dev_run", "true",
+                         "--trainer.logger", "false"])
+        assert type(cli.model).__name__ == "VAE" and cli.trainer.state.finished
