@@ -8,6 +8,7 @@ stop before anything runs, with the known names and the closest match.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import tempfile
@@ -81,6 +82,10 @@ def _plugin_class_names() -> set[str]:
     return {cls.__name__ for _, cls in PLUGINS.items()}
 
 
+def _remove(path: str) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
 def _preprocess(argv: list[str]) -> list[str]:
     """Resolve registry names inside ``--config`` files (rewritten to a temporary copy if needed)."""
     out = list(argv)
@@ -97,6 +102,7 @@ def _preprocess(argv: list[str]) -> list[str]:
             tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="lvi-", delete=False)
             yaml.safe_dump(config, tmp)
             tmp.close()
+            atexit.register(_remove, tmp.name)
             out[j] = tmp.name if j == i + 1 else f"--config={tmp.name}"
     for i, arg in enumerate(argv):  # --model vae on the command line
         if arg in ("--model", "--model.class_path") and i + 1 < len(argv) and "." not in argv[i + 1]:
