@@ -38,7 +38,7 @@ def unitwise_norm(x: Tensor) -> Tensor:
     """Norm per output unit (broadcastable to ``x``): rows of weights, the whole tensor for <= 1-D."""
     if x.ndim <= 1:
         return x.norm()
-    return x.norm(dim=tuple(range(1, x.ndim)), keepdim=True)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
 @torch.no_grad()
