@@ -43,3 +43,11 @@ def optimizer_params(optimizer: Any) -> list[dict[str, Any]]:
     """``param_groups`` of an optimizer or of Lightning's ``LightningOptimizer`` wrapper."""
     opt = getattr(optimizer, "optimizer", optimizer)
     return opt.param_groups
+
+
+def sample_beta(alpha: float) -> float:
+    """One draw of Beta(alpha, alpha) from torch's global RNG (two Gamma draws; cheap)."""
+    import torch
+
+    g = torch._standard_gamma(torch.full((2,), float(alpha), dtype=torch.float64))
+    return float(g[0] / (g[0] + g[1]))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_vi.core.checks import check_range
-from lightning_vi.plugins._util import require_classifier
+from lightning_vi.plugins._util import require_classifier, sample_beta
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
 
@@ -58,7 +58,6 @@ class CutMix(Plugin):
         check_range("prob", prob, 0.0, 1.0)
         self.alpha, self.prob = float(alpha), float(prob)
         self.num_classes = 0
-        self._beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
         self.last_lam: float | None = None
         self.last_perm: Tensor | None = None
 
@@ -72,7 +71,7 @@ class CutMix(Plugin):
         if self.prob < 1.0 and float(torch.rand(())) >= self.prob:
             return batch
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        lam = float(self._beta.sample())
+        lam = sample_beta(self.alpha)
         top, bot, left, right = cutmix_box(h, w, lam)
         perm = torch.randperm(b, device=x.device)
         x_new = x.clone()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lightning_vi.core.checks import check_range
-from lightning_vi.plugins._util import require_classifier
+from lightning_vi.plugins._util import require_classifier, sample_beta
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.plugins.cutmix import soft_labels
 from lightning_vi.registry import PLUGINS
@@ -36,7 +36,6 @@ class Mixup(Plugin):
         check_range("prob", prob, 0.0, 1.0)
         self.alpha, self.prob = float(alpha), float(prob)
         self.num_classes = 0
-        self._beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
         self.last_lam: float | None = None
 
     def attach(self, module: Any) -> None:
@@ -46,7 +45,7 @@ class Mixup(Plugin):
         if self.prob < 1.0 and float(torch.rand(())) >= self.prob:
             return batch
         x = batch["x"]
-        lam = float(self._beta.sample())
+        lam = sample_beta(self.alpha)
         perm = torch.randperm(x.shape[0], device=x.device)
         t = soft_labels(batch, self.num_classes)
         self.last_lam = lam
