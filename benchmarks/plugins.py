@@ -3,10 +3,11 @@ plugins that need a KL term / latents). Writes ``benchmarks/results/plugins.json
 
     python benchmarks/plugins.py [--steps 20] [--rounds 3] [--batch-size 128] [--image-size 32]
 
+Times are this process's CPU time per step by default (``--clock wall`` for wall-clock), single-threaded.
 One step = plugin transforms + objective + extra terms + backward + gradient hooks + Adam step (the
 work Lightning's training step does, without its logging overhead). Baseline and plugin runs are
-interleaved step by step (robust to a busy machine); the overhead is the median over ``rounds`` of the
-ratio of median step times. Targets (issue 3): cutmix, mixup, nested_dropout <= 3 %; multisample_dropout (K=8) <= 15 %.
+interleaved step by step in ABBA order; the overhead is the median, over all adjacent pairs, of the
+ratio plugin-step / baseline-step time (robust to a busy, shared machine). Targets (issue 3): cutmix, mixup, nested_dropout <= 3 %; multisample_dropout (K=8) <= 15 %.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def build(kind: str, plugins: list[Any] | None, size: int) -> torch.nn.Module:
 class Stepper:
     """One training step of ``model`` at a time (so baseline and plugin steps can be interleaved)."""
 
-    def __init__(self, model: Any, batch: dict[str, torch.Tensor]) -> None:
-        self.model, self.batch, self.i = model, batch, 0
+    def __init__(self, model: Any, batch: dict[str, torch.Tensor], clock: Any = time.process_time) -> None:
+        self.model, self.batch, self.i, self.clock = model, batch, 0, clock
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         model.train()
         model.log = lambda *a, **k: None
@@ -64,7 +65,7 @@ class Stepper:
     def __call__(self) -> float:
         model, batch, i = self.model, self.batch, self.i
         self.i += 1
-        t0 = time.perf_counter()
+        t0 = self.clock()
         for p in model.plugins:
             p.on_train_batch_start(_FakeTrainer(i), model, batch, i)
         self.opt.zero_grad(set_to_none=True)
@@ -75,18 +76,21 @@ class Stepper:
         self.opt.step()
         for p in model.plugins:
             p.on_train_batch_end(None, model, None, batch, i)
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
 
-def paired_times(base: Stepper, other: Stepper, steps: int, warmup: int = 3) -> tuple[float, float]:
-    """Median step times of baseline and plugin, measured alternately step by step."""
+def paired_times(base: Stepper, other: Stepper, steps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """Step times of baseline and plugin, measured alternately step by step (ABBA order)."""
     tb, to = [], []
     for i in range(warmup + steps):
-        a, b = base(), other()
+        if i % 2:  # alternate which one goes first, so order effects cancel
+            b, a = other(), base()
+        else:
+            a, b = base(), other()
         if i >= warmup:
             tb.append(a)
             to.append(b)
-    return statistics.median(tb), statistics.median(to)
+    return tb, to
 
 
 class _FakeTrainer:
@@ -101,6 +105,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: this process's CPU time (robust on a shared machine); wall: perf_counter")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "plugins.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,16 +115,17 @@ def main() -> None:
     batch = {"x": torch.rand(b, 1, s, s, generator=g), "y": torch.randint(0, 10, (b,), generator=g)}
     results: dict[str, Any] = {}
     for kind, table in (("classifier", CLASSIFIER_PLUGINS), ("vae", VAE_PLUGINS)):
-        base = Stepper(build(kind, None, s), batch)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        base = Stepper(build(kind, None, s), batch, clock)
         for name, spec in table.items():
-            other = Stepper(build(kind, spec, s), batch)
-            ratios, tb_all, to_all = [], [], []
+            other = Stepper(build(kind, spec, s), batch, clock)
+            tb_all, to_all = [], []
             for _ in range(args.rounds):
                 tb, to = paired_times(base, other, args.steps)
-                ratios.append(to / tb)
-                tb_all.append(tb)
-                to_all.append(to)
-            overhead = statistics.median(ratios) - 1.0
+                tb_all += tb
+                to_all += to
+            # median over adjacent pairs of the time ratio: robust to load changing on a shared machine
+            overhead = statistics.median(o / b for o, b in zip(to_all, tb_all)) - 1.0
             t, tb = statistics.median(to_all), statistics.median(tb_all)
             row = {"host_model": kind, "step_ms": round(1e3 * t, 3), "baseline_ms": round(1e3 * tb, 3),
                    "overhead": round(overhead, 4)}
@@ -128,7 +135,7 @@ def main() -> None:
             results[name] = row
             print(f"{name:24s} {kind:10s} {1e3 * t:8.2f} ms  base {1e3 * tb:8.2f} ms  overhead {100 * overhead:+6.1f} %"
                   + (f"  (target {100 * TARGETS[name]:.0f} %)" if name in TARGETS else ""), flush=True)
-    meta = {"torch": torch.__version__, "device": "cpu", "threads": args.threads, "batch_size": b,
+    meta = {"torch": torch.__version__, "device": "cpu", "threads": args.threads, "clock": args.clock, "batch_size": b,
             "image_size": s, "steps": args.steps, "rounds": args.rounds, "machine": platform.machine(),
             "model": "classifier conv [32, 64], feature_dim 128, dropout 0.2; vae conv [32, 64]"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
