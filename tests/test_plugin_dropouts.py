@@ -90,7 +90,7 @@ def test_ordered_dropout_svd_init_shrinking_and_group_lasso():
     x = torch.rand(4, 1, 8, 8)
     assert torch.allclose(m(x), ref(x), atol=1e-5)  # SVD init keeps the function (conv and linear)
     _, terms = m.train().compute_loss({"x": x, "y": torch.tensor([0, 1, 2, 3])}, "train")
-    assert float(terms["group_lasso"]) > 0
+    assert float(terms["group_lasso"].detach()) > 0
     head = m.plugin("ordered_dropout").decomposed["head"]
     with torch.no_grad():
         head.u[:, 6:] *= 1e-4
@@ -198,3 +198,22 @@ def test_dream_dropout_per_batch_masks_in_training():
     plug.on_train_batch_start(None, m, None, 1)
     c = m(x)
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_ordered_dropout_shrinking_reduces_rank_and_keeps_fit():
+    """Maestro: on a rank-2 linear map, group lasso + shrinking finds rank 2 without losing the fit."""
+    L.seed_everything(0)
+    u, _ = torch.linalg.qr(torch.randn(5, 5))
+    v, _ = torch.linalg.qr(torch.randn(6, 6))
+    a = u[:, :2] @ torch.diag(torch.tensor([3.0, 2.0])) @ v[:, :2].T
+    x = torch.rand(2000, 6) * 2 - 1
+    batch = {"x": x, "y": x @ a.T}
+    m = LinearRegressor(6, 5, plugins=[OrderedDropout(layers=["map"], init="random", group_lasso=1e-2,
+                                                      shrink_threshold=0.05)])
+    fit_full_batch(m, batch, 800, 1e-2)
+    ranks = m.plugin("ordered_dropout").shrink()
+    m.eval()
+    with torch.no_grad():
+        rel = float((m.map(x) - batch["y"]).pow(2).sum() / batch["y"].pow(2).sum())
+    assert ranks == {"map": 2}, ranks
+    assert rel < 0.02, rel

@@ -76,3 +76,18 @@ def test_vf_alignment_on_vae_zero_for_projected_features_and_trains(tmp_path):
     assert all(not p.requires_grad for p in plug.extractor.parameters())
     with pytest.raises(TypeError, match="vf_alignment.*cannot serve Classifier"):
         Classifier(plugins=["vf_alignment"])
+
+
+def test_vf_alignment_with_a_frozen_classifier_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    clf = Classifier(backbone="conv", channels=[8, 16], feature_dim=12)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(clf, DigitsDataModule(batch_size=32))
+    path = tmp_path / "clf.ckpt"
+    trainer.save_checkpoint(path)
+    m = VAE(plugins=[VFAlignment(extractor=f"checkpoint:{path}")])
+    assert m.vf_projection.out_features == 12
+    _, terms = m.compute_loss({"x": torch.rand(8, 1, 8, 8)}, "train")
+    assert "vf_mcos" in terms and "vf_mdms" in terms
+    with pytest.raises(ValueError, match="extractor='nope' is not allowed"):
+        VFAlignment(extractor="nope")

@@ -12,7 +12,7 @@ batch entry that requires grad (``x`` of a differentiable renderer); ``channel_d
 per-pixel norm runs over (1 for [B, C, H, W]; for [B, D] vectors every entry is its own pixel when
 ``channel_dim=None``). :func:`clip_pixel_grad` is the same operation for any tensor.
 
-Defaults: ``threshold=0.1``, ``channel_dim=1``, ``target="x_hat"``.
+Defaults: ``threshold=0.1``, ``channel_dim=1``, ``target="features"`` (the classifier's feature vector).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PixelGradClip(Plugin):
 
     order = 28
 
-    def __init__(self, target: str = "x_hat", threshold: float = 0.1, channel_dim: int | None = 1) -> None:
+    def __init__(self, target: str = "features", threshold: float = 0.1, channel_dim: int | None = 1) -> None:
         check_range("threshold", threshold, 0.0, low_open=True)
         if not isinstance(target, str) or not target:
             raise ValueError(f"target={target!r} must name an objective output or batch entry")
