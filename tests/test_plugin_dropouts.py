@@ -12,7 +12,6 @@ from sklearn.decomposition import PCA
 
 from lightning_vi.data import DigitsDataModule
 from lightning_vi.families.classifier import Classifier
-from lightning_vi.plugins.dream_dropout import DreamDropout
 from lightning_vi.plugins.multisample_dropout import MultiSampleDropout
 from lightning_vi.plugins.nested_dropout import NestedDropout, sample_truncation
 from lightning_vi.plugins.ordered_dropout import OrderedDropout

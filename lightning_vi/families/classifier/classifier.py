@@ -22,10 +22,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassCalibrationError
 
-from lightning_vi.core.checks import check_range
+from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.module import VIModule
 from lightning_vi.nn.backbones import BACKBONES, build_backbone
-from lightning_vi.core.checks import check_choice
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
