@@ -10,6 +10,19 @@ Order. Plugins run in ascending ``order`` (class attribute), ties broken by thei
 config list; so ``[mixup, cutmix]`` and ``[cutmix, mixup]`` both transform in list order, while a
 structural plugin (order 0) always attaches before batch transforms (order 10) and loss terms (20)
 are added after the family's own terms. Gradient plugins (order 30) act in Lightning's gradient hooks.
+
+Built-in orders (a deterministic pipeline; Lightning also calls callback hooks in this order):
+
+    0  ordered_dropout       structural: decompose layers (before anything wraps them)
+    2  nested_dropout        structural: forward hook on the feature layer
+    3  dream_dropout         structural: frozen-mask dropout layers
+    5  multisample_dropout   structural: wraps ``head`` (after ordered_dropout decomposed it)
+    10 mixup, cutmix         batch transforms, in config-list order (a present ``y_soft`` is mixed again)
+    20 kl_schedule           loss weights (before terms are summed) and free-bits term
+    25 vf_alignment          extra loss terms
+    28 pixel_grad_clip       tensor gradient hook (acts during backward)
+    30 gradient_dropout      on_before_optimizer_step, on unscaled gradients
+    40 gradient_clipping     on_before_optimizer_step, last: the clipped norm is what the optimizer sees
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""CutMix / mixup oracles: the mixed label weight is the exact fraction of pixels from each source."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_vi.families.classifier import Classifier
+from lightning_vi.families.vae.vae import VAE
+from lightning_vi.plugins.cutmix import CutMix
+from lightning_vi.plugins.mixup import Mixup
+from plugin_helpers import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("b,h,w", [(7, 9, 16), (5, 12, 5), (8, 8, 8)])
+def test_cutmix_label_weight_equals_exact_pixel_fraction(b, h, w):
+    """Pixels carry their source index; label i is unique to image i (num_classes = B)."""
+    m = Classifier(input_shape=[2, h, w], num_classes=b, backbone="mlp", plugins=[CutMix(alpha=1.0)])
+    plug = m.plugin("cutmix")
+    x = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 2, h, w).clone()
+    y = torch.arange(b)
+    torch.manual_seed(0)
+    for _ in range(30):
+        out = plug.transform_batch({"x": x, "y": y}, m)
+        src = out["x"][:, 0].long().flatten(1)  # [B, H*W] source of every pixel
+        frac = torch.zeros(b, b).scatter_add_(1, src, torch.ones_like(src, dtype=torch.float32)) / (h * w)
+        assert torch.allclose(out["y_soft"], frac, atol=1e-6)
+        assert torch.equal(out["x"][:, 0], out["x"][:, 1])  # one box for all channels
+        assert torch.allclose(out["y_soft"].sum(1), torch.ones(b))
+
+
+def test_cutmix_area_statistics_and_probability():
+    m = Classifier(backbone="mlp", plugins=[CutMix(alpha=1.0)])
+    plug = m.plugin("cutmix")
+    x, y = torch.rand(4, 1, 32, 32), torch.arange(4)
+    torch.manual_seed(0)
+    lams = [plug.transform_batch({"x": x, "y": y}, m) and plug.last_lam for _ in range(500)]
+    # lam ~ U(0,1) before clipping; clipping at the border only increases lam: E[lam'] in (0.5, 0.8)
+    assert 0.5 < sum(lams) / len(lams) < 0.8
+    never = Classifier(backbone="mlp", plugins=[CutMix(prob=0.0)])
+    batch = {"x": x, "y": y}
+    assert never.plugin("cutmix").transform_batch(batch, never) is batch
+
+
+def test_mixup_labels_and_inputs_mix_with_the_same_lambda():
+    m = Classifier(input_shape=[3], num_classes=5, backbone="mlp", plugins=[Mixup(alpha=0.4)])
+    plug = m.plugin("mixup")
+    x, y = torch.eye(5)[:, :3] * 0 + torch.arange(5.0).unsqueeze(1), torch.arange(5)
+    torch.manual_seed(0)
+    out = plug.transform_batch({"x": x, "y": y}, m)
+    lam = plug.last_lam
+    expected_x = out["y_soft"] @ torch.arange(5.0)  # mixed value = label-weighted source index
+    assert torch.allclose(out["x"][:, 0], expected_x, atol=1e-5)
+    assert torch.allclose(out["y_soft"].max(1).values, torch.full((5,), max(lam, 1 - lam)), atol=1e-6) or \
+        bool((out["y_soft"].max(1).values == 1).any())
+
+
+def test_mixup_then_cutmix_compose_and_classifier_uses_soft_targets():
+    torch.manual_seed(0)
+    m = Classifier(backbone="mlp", plugins=["cutmix", "mixup"])
+    assert [p.name for p in m.plugins] == ["cutmix", "mixup"]  # same order: list order
+    batch = {"x": torch.rand(9, 1, 8, 8), "y": torch.randint(0, 10, (9,))}
+    loss, terms = m.compute_loss(batch, "train")
+    assert torch.isfinite(loss)
+    soft = {"x": batch["x"], "y": batch["y"], "y_soft": torch.full((9, 10), 0.1)}
+    out = m.objective(soft)
+    assert torch.allclose(out["ce"], -(torch.log_softmax(out["logits"], -1) * 0.1).sum(-1).mean())
+
+
+def test_cutmix_on_a_family_without_labels_fails_at_attach():
+    with pytest.raises(TypeError, match="cutmix.*cannot serve VAE.*num_classes"):
+        VAE(plugins=["cutmix"])
+    with pytest.raises(TypeError, match="mixup.*cannot serve VAE"):
+        VAE(plugins=["mixup"])
