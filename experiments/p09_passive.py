@@ -21,9 +21,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for beta in (1.0, 4.0):
         L.seed_everything(0)
-        m = VAE(input_shape=[1, 32, 32], latent_dim=10, hidden_dims=[256], likelihood="bernoulli", beta=beta)
-        opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-        for _ in range(1000):
+        m = VAE(input_shape=[1, 32, 32], latent_dim=10, hidden_dims=[128], likelihood="bernoulli", beta=beta)
+        opt = torch.optim.Adam(m.parameters(), lr=5e-3)
+        for _ in range(600):
             loss, _ = m.compute_loss({"x": x}, "train")
             opt.zero_grad()
             loss.backward()
