@@ -30,7 +30,7 @@ def train(model, x, steps):
 
 def test_cevae_anomaly_maps_beat_plain_vae():
     L.seed_everything(0)
-    x = render_sprites(sample_factors(1000, torch.Generator().manual_seed(1)), 32)
+    x = render_sprites(sample_factors(600, torch.Generator().manual_seed(1)), 32)
     xa, mask = planted(200, 2)
     aucs = {}
     for name, w in (("vae", 0.0), ("cevae", 1.0)):
