@@ -1,0 +1,5 @@
+"""torchmetrics-based diagnostics."""
+
+from lightning_vi.metrics.latent import ActiveUnits, CollapsedDims, LatentStatistics, MutualInformation, passive_correlation
+
+__all__ = ["LatentStatistics", "ActiveUnits", "CollapsedDims", "MutualInformation", "passive_correlation"]

@@ -4,6 +4,10 @@ Loss (negative beta-ELBO, Higgins et al. 2017): ``recon + beta * kl`` with
 ``recon = -E_q log p(x|z)`` (one reparameterized sample, Eq. 7) and the analytic Gaussian KL
 (App. B). At test time the importance-weighted bound of Burda et al. (2016, Eq. 8) with ``iwae_k``
 samples estimates log p(x).
+
+``objective`` / ``k`` / ``alpha`` / ``estimator`` / ``baseline`` swap in any bound and gradient
+estimator of :mod:`lightning_vi.core.objectives` (ELBO with Monte Carlo KL, IWAE, Renyi; reparameterized
+or score-function gradients). The default (``elbo``, ``k=1``, ``reparam``) is the analytic-KL loss above.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import Tensor, nn
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.distributions import diag_normal, gaussian_kl_per_dim, likelihood, standard_normal_like
 from lightning_vi.core.module import VIModule
-from lightning_vi.core.objectives import elbo_terms, iwae_bound
+from lightning_vi.core.objectives import VariationalObjective, elbo_terms, iwae_bound
 from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
@@ -38,6 +42,9 @@ class VAE(VIModule):
         hidden_dims: MLP hidden widths. conv_channels: channels of the stride-2 conv blocks.
         likelihood: ``"gaussian"`` (learned shared std unless ``obs_std`` is set) or ``"bernoulli"``.
         beta: weight of the KL term (beta-VAE). iwae_k: samples of the test-time IWAE estimate.
+        objective: training bound ``"elbo"``, ``"iwae"`` or ``"renyi"``; k: samples per example;
+            alpha: Renyi order in [0, 1]; estimator: ``"reparam"`` or ``"score"``; baseline:
+            ``"none"``, ``"moving_average"`` or ``"learned"`` (score estimator).
     """
 
     def __init__(
@@ -51,6 +58,11 @@ class VAE(VIModule):
         obs_std: float | None = None,
         beta: float = 1.0,
         iwae_k: int = 64,
+        objective: str = "elbo",
+        k: int = 1,
+        alpha: float = 0.5,
+        estimator: str = "reparam",
+        baseline: str = "moving_average",
         plugins: list[Union[Plugin, str, dict]] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -87,7 +99,9 @@ class VAE(VIModule):
             nn.Parameter(torch.zeros(())) if likelihood == "gaussian" and obs_std is None
             else (torch.tensor(math.log(obs_std)) if obs_std is not None else None)
         )
-        self.term_weights = {"recon": 1.0, "kl": beta}
+        self.vi_objective = VariationalObjective(objective, k, alpha, estimator, baseline, beta, in_dim=d_in)
+        self.analytic = objective == "elbo" and k == 1 and estimator == "reparam"
+        self.term_weights = {"recon": 1.0, "kl": beta} if self.analytic else self.vi_objective.weights()
 
     # -- model ---------------------------------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,11 +137,24 @@ class VAE(VIModule):
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x = batch["x"]
         mu, log_var = self.encode(x)
+        if not self.analytic:
+            return self.general_objective(x, mu, log_var)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
         log_px = self.observation(self.decode(z)).log_prob(x)
         kl_dims = gaussian_kl_per_dim(mu, log_var)
         terms = elbo_terms(log_px, kl_dims.sum(-1))
         return {**terms, "z": z, "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0)}
+
+    def general_objective(self, x: Tensor, mu: Tensor, log_var: Tensor) -> dict[str, Tensor]:
+        """Terms of the configured bound/estimator with ``k`` samples (see ``core.objectives``)."""
+        q = diag_normal(mu, log_var)
+        z = self.vi_objective.draw(q)  # [k, B, D]
+        k = z.shape[0]
+        params = self.decode(z.flatten(0, 1)).view(k, x.shape[0], *self.input_shape)
+        log_lik = self.observation(params).log_prob(x.unsqueeze(0).expand_as(params))
+        terms = self.vi_objective(log_lik, standard_normal_like(mu).log_prob(z), q.log_prob(z), x)
+        kl_dims = gaussian_kl_per_dim(mu, log_var)
+        return {**terms, "z": z[0], "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0).detach()}
 
     def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
         """``log p(x, z_k) - log q(z_k | x)`` for ``k`` posterior samples; shape ``[k, B]``."""
