@@ -133,11 +133,17 @@ class DDPM(VIModule):
         self.update_ema()
 
     # -- training --------------------------------------------------------------------------------
-    def diffusion_loss(self, x0: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
-        """``L_simple`` on model-space data ``x0``."""
+    def diffusion_loss(self, x0: Tensor, y: Tensor | None = None, cond: Tensor | None = None,
+                       shift: Tensor | None = None) -> Tensor:
+        """``L_simple`` on model-space data ``x0``. With ``shift`` the process runs on ``x0 - shift``
+        and the network sees ``x_t + shift`` (DiffuseVAE formulation 2)."""
         t = self.schedule.sample_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
+        if shift is not None:
+            x0 = x0 - shift
         x_t = self.schedule.add_noise(x0, noise, t)
+        if shift is not None:
+            x_t = x_t + shift
         if y is not None and self.num_classes > 0:
             y = drop_condition(y, self.hparams.p_uncond, self.num_classes)
         out = self.net(x_t, t, y if self.num_classes > 0 else None, cond)
