@@ -100,12 +100,11 @@ def test_diffusevae_formulation2_reduces_to_1_with_zero_reconstruction():
                               m2.generate(xh, generator=torch.Generator().manual_seed(0)))
 
 
-@pytest.mark.xfail(reason="not yet reproduced at this tiny budget (VAE recon MMD dominates); see report", strict=False)
 def test_diffusevae_beats_unconditional_with_few_steps(digits, vae, vae_checkpoint):
     from lightning_vi.families.diffusion.ddpm import DDPM
 
     train, test = digits
-    kw = dict(input_shape=[1, 8, 8], hidden=128, ema_decay=0.0, data_scale=0.5, data_shift=0.5)
+    kw = dict(input_shape=[1, 8, 8], hidden=128, ema_decay=0.0, data_scale=0.5, data_shift=0.5, prediction_type="x0")
     L.seed_everything(0)
     uncond = fit_full_batch(DDPM(**kw), {"x": train["x"]}, 250)
     L.seed_everything(0)
@@ -114,13 +113,13 @@ def test_diffusevae_beats_unconditional_with_few_steps(digits, vae, vae_checkpoi
     dvae = fit_full_batch(dvae, {"x": train["x"], "x_hat": x_hat}, 250)
     g = lambda: torch.Generator().manual_seed(0)
     s_u = uncond.sample(297, generator=g(), sampler="ddim", steps=5)
-    # condition on VAE reconstructions of held-out images (DiffuseVAE's refinement use); with
-    # z ~ N(0, I) from this tiny VAE the comparison does not hold (see docs/diffusion.md)
+    # both models predict x0 (eps-prediction is unstable at 5 steps from t=999); the DiffuseVAE
+    # refines VAE reconstructions of held-out images (its refinement use)
     s_d = dvae.from_model_space(dvae.generate(dvae.reconstruction(test["x"]), g(), sampler="ddim", steps=5))
     ref = test["x"]
     d_u, d_d = float(mmd(s_u.clamp(0, 1), ref)), float(mmd(s_d.clamp(0, 1), ref))
     print("MMD uncond", d_u, "diffusevae", d_d, "vae recon", float(mmd(vae(ref).clamp(0, 1), ref)))
-    assert d_d < 0.7 * d_u
+    assert d_d < 0.5 * d_u  # measured: 0.030 vs 0.237
 
 
 def test_latent_diffusion_fits_reloads_and_checks(tmp_path, digits, vae_checkpoint):
