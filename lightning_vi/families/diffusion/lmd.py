@@ -65,13 +65,14 @@ class LMD(VIModule):
                  total_steps: int = 1000, hidden_dims: list[int] = (256, 256),
                  plugins: list[Union[Plugin, str, dict]] | None = None, optimizer: OptimizerCallable | None = None,
                  lr_scheduler: LRSchedulerCallable | None = None, lr: float = 1e-3, check_finite: bool = True) -> None:
+        # load the VAE before our own __init__ runs (Lightning's save_hyperparameters inspects the call stack)
+        self._vae = [load_vae(vae_checkpoint, latent_dim, tuple(input_shape))]
         super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
         check_choice("mask_scheduler", mask_scheduler, MASK_SCHEDULERS)
         check_range("mask_start", mask_start, 0.0, 1.0)
         check_range("mask_end", mask_end, mask_start, 1.0)
         check_range("total_steps", total_steps, 1)
         self.save_hyperparameters()
-        self._vae = [load_vae(vae_checkpoint, latent_dim, tuple(input_shape))]
         self.input_shape = tuple(int(s) for s in input_shape)
         self.latent_dim = latent_dim
         self.mask_token = nn.Parameter(torch.zeros(latent_dim))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from lightning_vi.families.vae.vae import VAE
 
 
@@ -15,6 +17,10 @@ def load_vae(path: str, latent_dim: int | None = None, input_shape: tuple[int, .
             f"vae_checkpoint={path!r} does not exist; train a VAE first (e.g. `lvi fit --config "
             "configs/quickstart.yaml`) and pass its .ckpt path")
     vae = VAE.load_from_checkpoint(path, map_location="cpu")
+    # When called inside another module's __init__, Lightning's save_hyperparameters may pick up the
+    # caller's frame; restore the VAE's own hyper-parameters from the checkpoint.
+    hp = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    vae._set_hparams(dict(hp))
     if latent_dim is not None and vae.latent_dim != latent_dim:
         raise ValueError(f"latent_dim={latent_dim!r} does not match the VAE checkpoint {path!r}, whose "
                          f"latent_dim is {vae.latent_dim}; set latent_dim to {vae.latent_dim}")
