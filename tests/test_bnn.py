@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from helpers import quiet_trainer
+from lightning_vi.callbacks.reliability import ReliabilityDiagram
 from lightning_vi.data import DigitsDataModule
 from lightning_vi.families.bayes import BNN, mc_dropout_predict
 from lightning_vi.metrics.calibration import classification_metrics, ood_auroc, predictive_entropy
@@ -65,8 +66,10 @@ def test_bnn_trains_with_lightning_and_reloads(tmp_path) -> None:
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=256)
     model = BNN(architecture="conv", conv_channels=[8, 16], prior_std=0.5, lr=5e-3)
-    trainer = quiet_trainer(tmp_path, max_epochs=3)
+    diagram = ReliabilityDiagram(every_n_epochs=3)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[diagram])
     trainer.fit(model, dm)
+    assert len(diagram.logged) == 1 and diagram.logged[0].endswith(".png")  # no logger: PNG file
     assert model.dataset_size == len(dm.splits["train"]["x"])
     assert model.term_weights["kl"] == pytest.approx(1.0 / model.dataset_size)
     res = trainer.test(model, dm, verbose=False)[0]

