@@ -18,7 +18,7 @@ tr, te = dm.splits['train'], dm.splits['test']
 keep, kt = tr['y'] < 5, te['y'] < 5          # train on digits 0-4, digits 5-9 are OOD
 train = {'x': tr['x'][keep], 'y': tr['y'][keep]}
 
-def fit(m, batch, steps=80, lr=1e-2):
+def fit(m, batch, steps=40, lr=1e-2):
     opt = torch.optim.Adam(m.parameters(), lr=lr)
     for _ in range(steps):
         out = m.objective(batch)
@@ -39,11 +39,11 @@ print('density', float(ssvi.density()), classification_metrics(ssvi.predict_prob
     nbf.v4.new_code_cell("""from lightning_vi.families.bottleneck import VIB
 for beta in (1e-4, 1e-1):
     L.seed_everything(0)
-    m = fit(VIB(beta=beta, hidden_dims=[32], latent_dim=8), tr, steps=60)
+    m = fit(VIB(beta=beta, hidden_dims=[32], latent_dim=8), tr, steps=30)
     print('beta', beta, 'rate', float(m.objective(tr)['rate']))"""),
     nbf.v4.new_code_cell("""from lightning_vi.families.bottleneck.cs_divergence import cs_divergence, gaussian_cs_divergence
 mu1, mu2, c = torch.zeros(2), torch.tensor([1.0, 0.5]), torch.eye(2)
-x = torch.randn(2000, 2); y = torch.randn(2000, 2) + mu2
+x = torch.randn(1000, 2); y = torch.randn(1000, 2) + mu2
 print('kernel estimate', float(cs_divergence(x, y, 0.3)), 'closed form', float(gaussian_cs_divergence(mu1, c, mu2, c)))"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
