@@ -1,0 +1,7 @@
+"""Bayesian families: mean-field BNN, SSVI, binary VCL, NIW few-shot; Bayesian layers and MC dropout."""
+
+from lightning_vi.families.bayes.bnn import BNN
+from lightning_vi.families.bayes.layers import (BayesConv2d, BayesLinear, bayesianize, kl_divergence,
+                                                 mc_dropout_predict, set_sampling)
+
+__all__ = ["BNN", "BayesLinear", "BayesConv2d", "bayesianize", "kl_divergence", "mc_dropout_predict", "set_sampling"]

@@ -1,0 +1,153 @@
+"""Contrastive variational information bottleneck (CVIB; Chang et al., "Reducing Spurious
+Correlations for Aspect-Based Sentiment Analysis with Variational Information Bottleneck and
+Contrastive Learning", Sec. 3).
+
+Two networks with shared weights: the *original* MLP encoder and a *self-pruned* copy whose input and
+hidden units are multiplied by VIB masks ``z_l ~ N(mu_l, sigma_l^2)`` (Dai et al. 2018, "Compressing
+Neural Networks using the Variational Information Bottleneck", Eq. 9-10), with the compression term
+``sum_units log(1 + mu^2 / sigma^2)``. Both feed one classifier; the representations of an example in the
+two networks form a positive pair and other examples in the batch are negatives (InfoNCE with
+temperature ``tau``, Sec. 3.3). Loss::
+
+    ce_pruned + ce_original + beta * compression / num_units + gamma * contrastive
+
+Prediction uses the pruned network with mask means, units with ``log(mu^2/sigma^2) < prune_threshold``
+set to zero (the self-pruned network).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_vi.core.checks import check_range
+from lightning_vi.core.module import VIModule
+from lightning_vi.metrics.calibration import classification_metrics
+from lightning_vi.plugins.base import Plugin
+from lightning_vi.registry import FAMILIES
+
+
+class VIBMask(nn.Module):
+    """Multiplicative Gaussian unit mask ``z ~ N(mu, sigma^2)`` with the VIBNet compression KL."""
+
+    def __init__(self, dim: int, init_log_sigma2: float = -9.0) -> None:
+        super().__init__()
+        self.mu = nn.Parameter(torch.ones(dim))
+        self.log_sigma2 = nn.Parameter(torch.full((dim,), init_log_sigma2))
+
+    def log_alpha(self) -> Tensor:
+        """``log(mu^2 / sigma^2)``: a unit's signal-to-noise ratio; small means prunable."""
+        return torch.log(self.mu.pow(2) + 1e-8) - self.log_sigma2
+
+    def kl(self) -> Tensor:
+        return torch.log1p(self.log_alpha().exp()).sum()
+
+    def forward(self, h: Tensor, sample: bool, threshold: float) -> Tensor:
+        if sample:
+            z = self.mu + torch.randn_like(h) * (0.5 * self.log_sigma2).exp()
+        else:
+            z = self.mu * (self.log_alpha() > threshold).to(h)
+        return h * z
+
+
+@FAMILIES.register("cvib")
+class CVIB(VIModule):
+    """CVIB classifier: self-pruned VIB network + contrastive loss against the original network.
+
+    Args:
+        input_shape, num_classes, hidden_dims: the MLP encoder (its last width is the representation).
+        beta: weight of the per-unit compression KL (>= 0). gamma: weight of the contrastive loss (>= 0).
+        tau: InfoNCE temperature (> 0). prune_threshold: ``log alpha`` below which a unit is pruned.
+        prune_input: also mask (and so prune) input features, not only hidden units.
+    """
+
+    def __init__(
+        self,
+        input_shape: list[int] = (1, 8, 8),
+        num_classes: int = 10,
+        hidden_dims: list[int] = (128, 64),
+        beta: float = 1e-2,
+        gamma: float = 0.5,
+        tau: float = 0.5,
+        prune_threshold: float = 0.0,
+        prune_input: bool = True,
+        plugins: list[Union[Plugin, str, dict]] | None = None,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr: float = 1e-3,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
+                         check_finite=check_finite)
+        check_range("beta", beta, 0.0)
+        check_range("gamma", gamma, 0.0)
+        check_range("tau", tau, 0.0, low_open=True)
+        self.save_hyperparameters()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        dims = [math.prod(self.input_shape), *hidden_dims]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.prune_input = prune_input
+        mask_dims = dims if prune_input else dims[1:]
+        self.masks = nn.ModuleList(VIBMask(d) for d in mask_dims)  # (input units), then each hidden layer
+        self.head = nn.Linear(dims[-1], num_classes)
+        self.beta, self.gamma, self.tau, self.prune_threshold = beta, gamma, tau, prune_threshold
+        self.num_units = sum(mask_dims)
+        self.term_weights = {"ce": 1.0, "ce_original": 1.0, "compression": beta / self.num_units,
+                             "contrastive": gamma}
+
+    def represent(self, x: Tensor, pruned: bool, sample: bool = True) -> Tensor:
+        h = x.flatten(1)
+        off = 0 if self.prune_input else 1
+        for i, layer in enumerate(self.layers):
+            if pruned and i - off >= 0:
+                h = self.masks[i - off](h, sample, self.prune_threshold)
+            h = F.relu(layer(h))
+        if pruned:
+            h = self.masks[-1](h, sample, self.prune_threshold)
+        return h
+
+    def compression(self) -> Tensor:
+        return torch.stack([m.kl() for m in self.masks]).sum()
+
+    def density(self) -> Tensor:
+        """Fraction of units kept by the self-pruned network."""
+        kept = sum(int((m.log_alpha() > self.prune_threshold).sum()) for m in self.masks)
+        return torch.tensor(kept / self.num_units)
+
+    @torch.no_grad()
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return self.head(self.represent(x, pruned=True, sample=False)).softmax(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predict_proba(x)
+
+    def contrastive(self, h_orig: Tensor, h_pruned: Tensor) -> Tensor:
+        """Symmetric InfoNCE: (original_i, pruned_i) positive, other batch members negative."""
+        a, b = F.normalize(h_orig, dim=-1), F.normalize(h_pruned, dim=-1)
+        logits = a @ b.T / self.tau
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        x, y = batch["x"], batch["y"]
+        h_o = self.represent(x, pruned=False)
+        h_p = self.represent(x, pruned=True, sample=self.training)
+        logits_p = self.head(h_p)
+        return {
+            "ce": F.cross_entropy(logits_p, y),
+            "ce_original": F.cross_entropy(self.head(h_o), y),
+            "compression": self.compression(),
+            "contrastive": self.contrastive(h_o, h_p),
+            "acc": (logits_p.argmax(-1) == y).float().mean(),
+            "density": self.density(),
+            "z": h_p, "logits": logits_p,
+        }
+
+    def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        m = classification_metrics(self.predict_proba(batch["x"]), batch["y"])
+        return {"pred_acc": m["acc"], "pred_nll": m["nll"], "ece": m["ece"], "brier": m["brier"]}
