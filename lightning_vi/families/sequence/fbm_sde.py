@@ -151,7 +151,7 @@ class _OptimalWeights(torch.autograd.Function):
         return (grad.to(torch.float64) * d).sum().to(hurst.dtype).reshape(hurst.shape), None, None, None, None
 
 
-def optimal_weights(hurst: float | Tensor, gammas: Tensor, horizon: float = 1.0, n_grid: int = 400) -> Tensor:
+def optimal_weights(hurst: float | Tensor, gammas: Tensor, horizon: float = 1.0, n_grid: int = 200) -> Tensor:
     """Closed-form optimal MA-fBM weights ``omega = A^{-1} b`` on ``[0, horizon]`` (differentiable in ``hurst``)."""
     check_hurst(hurst)
     check_range("horizon", horizon, 0.0, low_open=True)
@@ -159,7 +159,7 @@ def optimal_weights(hurst: float | Tensor, gammas: Tensor, horizon: float = 1.0,
     return _OptimalWeights.apply(h, gammas.to(torch.float64), float(horizon), int(n_grid), 1e-5)
 
 
-def approximation_error(hurst: float, gammas: Tensor, horizon: float = 1.0, n_grid: int = 400) -> float:
+def approximation_error(hurst: float, gammas: Tensor, horizon: float = 1.0, n_grid: int = 200) -> float:
     """Relative L2 error ``int E[(B^H_t - B̂_t)^2] dt / int E[(B^H_t)^2] dt`` at the optimal weights."""
     check_hurst(hurst)
     return float(_weights_and_error(float(hurst), gammas.to(torch.float64), float(horizon), n_grid)[1])
@@ -234,7 +234,7 @@ class FBMSDE(VIModule):
 
     Args:
         data_dim: channels of ``x`` [B, T, C]. latent_dim: dimension of ``X``.
-        n_ou: number of OU processes (plus the BM, ``gamma_0 = 0``). gamma_min, gamma_max: rate range.
+        n_ou: number of OU processes (plus the BM, ``gamma_0 = 0``). gamma_min, gamma_max: rate range (``dt * gamma_max <= 1``).
         hurst: initial Hurst index in (0, 1). learn_hurst: optimise it with the ELBO.
         drift: prior drift ``b``: ``"zero"``, ``"linear"`` or ``"mlp"``. hidden: width of the networks.
         context_dim: size of the GRU context of the posterior control. dt: Euler step of the solver.
@@ -248,7 +248,7 @@ class FBMSDE(VIModule):
         latent_dim: int = 1,
         n_ou: int = 5,
         gamma_min: float = 0.1,
-        gamma_max: float = 100.0,
+        gamma_max: float = 50.0,
         hurst: float = 0.5,
         learn_hurst: bool = True,
         drift: str = "zero",
@@ -271,6 +271,9 @@ class FBMSDE(VIModule):
         check_range("data_dim", data_dim, 1)
         check_range("latent_dim", latent_dim, 1)
         check_range("dt", dt, 0.0, low_open=True)
+        if dt * gamma_max > 1.0:
+            raise ValueError(f"dt={dt!r} is too large for gamma_max={gamma_max!r}: the Euler step of the fastest OU "
+                             f"process is unstable; allowed: dt <= 1/gamma_max = {1 / gamma_max:.4g}")
         check_range("obs_std", obs_std, 0.0, low_open=True)
         check_range("beta", beta, 0.0)
         self.save_hyperparameters()
