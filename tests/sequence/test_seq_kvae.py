@@ -31,7 +31,7 @@ def test_lstsq_recovers_exact_linear_map():
 def _fit(freqs, latent_dim, steps, **kw):
     L.seed_everything(0)
     d = sine_mixtures(32, 24, torch.Generator().manual_seed(0), n_components=len(freqs), freqs=freqs, duration=2.0)
-    m = KoopmanVAE(latent_dim=latent_dim, hidden=16, beta=0.01, alpha=10.0, **kw)
+    m = KoopmanVAE(latent_dim=latent_dim, hidden=16, beta=1e-4, alpha=10.0, **kw)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     for _ in range(steps):
         out = m.objective(d)
