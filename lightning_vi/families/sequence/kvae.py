@@ -4,7 +4,8 @@ Koopman VAEs", ICLR).
 Posterior ``q(z_t | x)`` from a bidirectional GRU; decoder ``p(x_t | z_t)``; a GRU prior
 ``p(z̄_t | z_{<t})`` whose latents are tied to *linear* dynamics: the Koopman operator ``A`` solves the
 least-squares problem ``Z̄_{2:T} ≈ Z̄_{1:T-1} A`` over the batch (their Eq. 5, ``A = Z̄_{1:T-1}^+ Z̄_{2:T}``),
-and the prediction loss ``L_pred = E ||Z̄_{2:T} - Z̄_{1:T-1} A||^2`` (Eq. 6) is added to the ELBO
+and the prediction loss ``L_pred = E ||Z̄_{2:T} - Z̄_{1:T-1} A||^2`` (Eq. 6; here divided by the total
+variance of the latents, so that it cannot be zeroed by shrinking them) is added to the ELBO
 (Eq. 7: ``recon + beta KL + alpha L_pred + gamma L_eig``). Eigenvalue constraints (Sec. 4.2):
 ``"unit_disk"`` penalises ``sum relu(|lambda| - 1)^2`` (stable dynamics), ``"prescribed"`` penalises
 ``sum (|lambda| - r)^2`` for every eigenvalue (``r = eig_radius``).
@@ -141,7 +142,8 @@ class KoopmanVAE(VIModule):
         recon = -(log_px * mask).sum(1).mean()
         lat = mu if self.hparams.koopman_latents == "posterior" else p_mu
         a = koopman_lstsq(lat, ridge=self.hparams.ridge)
-        pred = koopman_prediction_loss(lat, a)
+        # relative to the latents' spread, so shrinking the latents cannot zero the loss
+        pred = koopman_prediction_loss(lat, a) / lat.var(dim=(0, 1)).sum().clamp_min(1e-6)
         out = {"recon": recon, "kl": kl, "pred": pred, "elbo": -(recon + kl),
                "mse": ((x_hat - x).pow(2).sum(-1) * mask).sum() / mask.sum().clamp_min(1),
                "koopman": a, "z": z}
