@@ -258,7 +258,7 @@ class VIModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sums = {}
 
-    def on_train_epoch_end(self) -> None:
+    def _log_epoch_means(self) -> None:
         sums: dict[str, Tensor] = {}
         counts: dict[str, int] = {}
         for keys, (total, count) in self._train_sums.items():
@@ -268,6 +268,15 @@ class VIModule(L.LightningModule):
         for k, v in sums.items():
             self.log(f"train/{k}_epoch", v / counts[k], on_step=False, on_epoch=True, sync_dist=True)
         self._train_sums = {}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Logged on the epoch's last batch, so callbacks see train/<k>_epoch in their on_train_epoch_end.
+        if self._trainer is not None and self.trainer.is_last_batch:
+            self._log_epoch_means()
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_sums:
+            self._log_epoch_means()
 
     @staticmethod
     def _batch_size(batch: Any) -> int:

@@ -1,9 +1,13 @@
 """Diffusion tests: one intra-op thread (tiny models on a shared CPU run ~30x faster than with
 thread contention)."""
 
+import sys
+from pathlib import Path
+
 import torch
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # diffusion_fit, under --import-mode=importlib
 
 import lightning as L
 import pytest

@@ -114,6 +114,7 @@ class SSVI(BNN):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.step_done()
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         return {**super().objective(batch), "density": self.density()}

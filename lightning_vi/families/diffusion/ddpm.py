@@ -131,6 +131,7 @@ class DDPM(VIModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.update_ema()
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     # -- training --------------------------------------------------------------------------------
     def diffusion_loss(self, x0: Tensor, y: Tensor | None = None, cond: Tensor | None = None,

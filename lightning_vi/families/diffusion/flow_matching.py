@@ -132,6 +132,7 @@ class FlowMatching(VIModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.update_ema()
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def source_features(self, source: Tensor) -> Tensor:
         if not source.is_floating_point():
