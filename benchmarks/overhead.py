@@ -4,7 +4,7 @@ Same model class, data (digits at 16x16), batch size 128, optimizer (Adam), data
 epochs; each timed over ``--epochs`` epochs after one warm-up epoch, alternating the two runs
 ``--repeats`` times; the ratio compares the fastest epochs (background load only adds time). Writes JSON (default benchmarks/results/overhead.json).
 
-    python benchmarks/overhead.py --epochs 5 --repeats 3
+    python benchmarks/overhead.py --epochs 6 --repeats 3 --threads 1   # -> results/overhead_1t.json
 """
 
 from __future__ import annotations
@@ -72,8 +72,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead.json"))
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/overhead_<threads>t.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or str(Path(__file__).parent / "results" / f"overhead_{torch.get_num_threads()}t.json")
     dm = DigitsDataModule(image_size=16, batch_size=128)
     dm.setup()
     lit, plain = [], []
@@ -92,8 +96,8 @@ def main() -> None:
         "torch": torch.__version__, "lightning": L.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
