@@ -123,3 +123,16 @@ def test_metrics_known_values() -> None:
     m = classification_metrics(probs, y)
     assert torch.isclose(m["acc"], torch.tensor(0.75))
     assert torch.isclose(ood_auroc(torch.tensor([0.1, 0.2]), torch.tensor([0.3, 0.4])), torch.tensor(1.0))
+
+
+def test_metric_classes_equal_the_functions_over_several_batches():
+    from lightning_vi.metrics.calibration import BrierScore, NegativeLogLikelihood, brier_score, nll
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(50, 4, generator=g), -1)
+    y = torch.randint(0, 4, (50,), generator=g)
+    for cls, fn in ((BrierScore, brier_score), (NegativeLogLikelihood, nll)):
+        m = cls()
+        m.update(probs[:20], y[:20])
+        m.update(probs[20:], y[20:])
+        assert torch.allclose(m.compute(), fn(probs, y), atol=1e-6)

@@ -69,11 +69,12 @@ def reliability_bins(probs: Tensor, y: Tensor, n_bins: int = 10) -> tuple[Tensor
     return conf_sum / denom, acc_sum / denom, count
 
 
-class BrierScore(Metric):
-    """Multi-class Brier score as a ``torchmetrics.Metric`` (sums synced across processes)."""
+class _ExampleMean(Metric):
+    """Mean of a per-batch score over all examples; sums are synced across processes."""
 
     higher_is_better = False
     full_state_update = False
+    score = staticmethod(lambda probs, y: probs.new_zeros(()))
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -81,27 +82,20 @@ class BrierScore(Metric):
         self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, y: Tensor) -> None:
-        self.total += brier_score(probs, y) * len(y)
+        self.total += self.score(probs, y) * len(y)
         self.count += len(y)
 
     def compute(self) -> Tensor:
         return self.total / self.count.clamp_min(1)
 
 
-class NegativeLogLikelihood(Metric):
+class BrierScore(_ExampleMean):
+    """Multi-class Brier score as a ``torchmetrics.Metric``."""
+
+    score = staticmethod(brier_score)
+
+
+class NegativeLogLikelihood(_ExampleMean):
     """Mean negative log predictive probability of the true label, as a ``torchmetrics.Metric``."""
 
-    higher_is_better = False
-    full_state_update = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(self, probs: Tensor, y: Tensor) -> None:
-        self.total += nll(probs, y) * len(y)
-        self.count += len(y)
-
-    def compute(self) -> Tensor:
-        return self.total / self.count.clamp_min(1)
+    score = staticmethod(nll)
