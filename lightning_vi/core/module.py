@@ -245,7 +245,7 @@ class VIModule(L.LightningModule):
         mean) at epoch end. Accumulating with tensor adds instead of calling ``self.log`` per term per step
         keeps the framework's per-step cost near that of a plain loop (benchmarks/overhead.py)."""
         keys = tuple(terms)  # one stacked running sum per set of term names: two tensor ops a step
-        values = torch.stack([v.detach().float() for v in terms.values()]) * batch_size
+        values = torch.stack([v.detach().to(self.device, torch.float32) for v in terms.values()]) * batch_size
         total, count = self._train_sums.get(keys, (0.0, 0))
         self._train_sums[keys] = (values + total, count + batch_size)
         trainer = self._trainer

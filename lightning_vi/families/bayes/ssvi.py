@@ -81,7 +81,8 @@ class SSVI(BNN):
     def density(self) -> Tensor:
         """Fraction of active weights over all Bayesian layers (biases excluded)."""
         layers = bayes_layers(self.net)
-        return torch.tensor(sum(l.num_active() for l in layers) / sum(l.weight_mu.numel() for l in layers))
+        return torch.tensor(sum(l.num_active() for l in layers) / sum(l.weight_mu.numel() for l in layers),
+                            device=layers[0].weight_mu.device)
 
     @torch.no_grad()
     def update_subspace(self) -> int:

@@ -117,7 +117,7 @@ class CVIB(VIModule):
     def density(self) -> Tensor:
         """Fraction of units kept by the self-pruned network."""
         kept = sum(int((m.log_alpha() > self.prune_threshold).sum()) for m in self.masks)
-        return torch.tensor(kept / self.num_units)
+        return torch.tensor(kept / self.num_units, device=self.masks[0].log_alpha().device)
 
     @torch.no_grad()
     def predict_proba(self, x: Tensor) -> Tensor:

@@ -119,6 +119,7 @@ def _quadrature(horizon: float, n_grid: int) -> tuple[Tensor, Tensor]:
 
 
 def _weights_and_error(hurst: float, gammas: Tensor, horizon: float, n_grid: int) -> tuple[Tensor, Tensor]:
+    device, gammas = gammas.device, gammas.detach().cpu()  # a K x K float64 solve: on the CPU, results moved back
     u, w = _quadrature(horizon, n_grid)
     zz = ou_diff_var(u, gammas)  # [M, K, K]
     a_mat = (w[:, None, None] * zz).sum(0)
@@ -128,7 +129,7 @@ def _weights_and_error(hurst: float, gammas: Tensor, horizon: float, n_grid: int
     omega = torch.linalg.solve(a_n + 1e-13 * torch.eye(len(gammas), dtype=torch.float64), b_vec / scale) / scale
     total = (w * u ** (2 * hurst)).sum()
     err = (total - 2 * omega @ b_vec + omega @ a_mat @ omega) / total
-    return omega, err
+    return omega.to(device), err.to(device)
 
 
 class _OptimalWeights(torch.autograd.Function):
@@ -317,7 +318,7 @@ class FBMSDE(VIModule):
     # -- solver --------------------------------------------------------------------------------
     def _initial_ou(self, b: int, generator: torch.Generator | None = None) -> Tensor:
         """Stationary ``Y(0)``: ``Cov(Y_i(0), Y_j(0)) = 1 / (gamma_i + gamma_j)`` (the BM coordinate starts at 0)."""
-        g = self.gammas[1:].double()
+        g = self.gammas[1:].detach().double().cpu()  # a tiny factorisation: on the CPU, like eps
         y0 = torch.zeros(b, self.latent_dim, self.n_rates, device=self.device)
         if len(g):
             cov = 1.0 / (g[:, None] + g[None, :])

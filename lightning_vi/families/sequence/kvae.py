@@ -40,14 +40,17 @@ def koopman_lstsq(z: Tensor, mask: Tensor | None = None, ridge: float = 0.0) -> 
     ``mask`` [B, T] drops pairs whose ends are not both kept. ``ridge`` adds ``ridge * I`` to the normal
     equations (0 = plain pseudo-inverse solution).
     """
-    prev, nxt = z[:, :-1].reshape(-1, z.shape[-1]), z[:, 1:].reshape(-1, z.shape[-1])
-    if mask is not None:
-        keep = (mask[:, :-1] * mask[:, 1:]).reshape(-1, 1)
-        prev, nxt = prev * keep, nxt * keep
-    if ridge > 0:
-        gram = prev.T @ prev + ridge * torch.eye(prev.shape[1], device=z.device, dtype=z.dtype)
-        return torch.linalg.solve(gram, prev.T @ nxt)
-    return torch.linalg.lstsq(prev, nxt).solution
+    with torch.autocast(z.device.type, enabled=False):  # under bf16/fp16 autocast: solve in fp32
+        if z.dtype not in (torch.float32, torch.float64):
+            z = z.float()
+        prev, nxt = z[:, :-1].reshape(-1, z.shape[-1]), z[:, 1:].reshape(-1, z.shape[-1])
+        if mask is not None:
+            keep = (mask[:, :-1] * mask[:, 1:]).reshape(-1, 1).to(z.dtype)
+            prev, nxt = prev * keep, nxt * keep
+        if ridge > 0:
+            gram = prev.T @ prev + ridge * torch.eye(prev.shape[1], device=z.device, dtype=z.dtype)
+            return torch.linalg.solve(gram, prev.T @ nxt)
+        return torch.linalg.lstsq(prev, nxt).solution
 
 
 def koopman_prediction_loss(z: Tensor, a: Tensor, mask: Tensor | None = None) -> Tensor:
