@@ -2,5 +2,6 @@
 
 from lightning_vi.callbacks.images import LatentTraversal, Reconstructions, SampleGrid
 from lightning_vi.callbacks.media import figure_to_array, log_image, make_grid
+from lightning_vi.callbacks.predictions import NpzPredictionWriter
 
-__all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array"]
+__all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array", "NpzPredictionWriter"]

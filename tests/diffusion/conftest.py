@@ -54,3 +54,12 @@ def vae_checkpoint(digits, tmp_path_factory):
     trainer.fit(vae, loader)
     trainer.save_checkpoint(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def digits_prior_checkpoint(digits_prior, tmp_path_factory):
+    """``digits_prior`` saved as a Lightning checkpoint (for RED-Diff through ``lvi predict``)."""
+    path = tmp_path_factory.mktemp("prior") / "prior.ckpt"
+    torch.save({"state_dict": digits_prior.state_dict(), "hyper_parameters": dict(digits_prior.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    return str(path)
