@@ -1,4 +1,4 @@
-"""Digits (8x8) oracles: classifier-free guidance, RED-Diff, DiffuseVAE, latent diffusion, LMD."""
+"""Digits (8x8) oracles: classifier-free guidance, RED-Diff, DiffuseVAE, CrossFlow, latent diffusion, LMD."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from diffusion_fit import fit_full_batch
 from lightning_vi.families.diffusion.diffusevae import DiffuseVAE
+from lightning_vi.families.diffusion.flow_matching import FlowMatching
 from lightning_vi.families.diffusion.latent_diffusion import LatentDiffusion
 from lightning_vi.families.diffusion.lmd import LMD, MASK_SCHEDULERS, mask_ratio
 from lightning_vi.families.diffusion.red_diff import REDDiff, make_operator
@@ -101,6 +102,8 @@ def test_diffusevae_formulation2_reduces_to_1_with_zero_reconstruction():
 
 
 def test_diffusevae_beats_unconditional_with_few_steps(digits, vae, vae_checkpoint):
+    """Pandey et al. Sec. 5: generating z ~ N(0, I) -> VAE decode -> refinement needs far fewer reverse
+    steps than an unconditional DDPM trained with the same budget; the advantage fades with more steps."""
     from lightning_vi.families.diffusion.ddpm import DDPM
 
     train, test = digits
@@ -112,14 +115,30 @@ def test_diffusevae_beats_unconditional_with_few_steps(digits, vae, vae_checkpoi
     x_hat = dvae.reconstruction(train["x"])
     dvae = fit_full_batch(dvae, {"x": train["x"], "x_hat": x_hat}, 250)
     g = lambda: torch.Generator().manual_seed(0)
-    s_u = uncond.sample(297, generator=g(), sampler="ddim", steps=5)
-    # both models predict x0 (eps-prediction is unstable at 5 steps from t=999); the DiffuseVAE
-    # refines VAE reconstructions of held-out images (its refinement use)
-    s_d = dvae.from_model_space(dvae.generate(dvae.reconstruction(test["x"]), g(), sampler="ddim", steps=5))
     ref = test["x"]
-    d_u, d_d = float(mmd(s_u.clamp(0, 1), ref)), float(mmd(s_d.clamp(0, 1), ref))
-    print("MMD uncond", d_u, "diffusevae", d_d, "vae recon", float(mmd(vae(ref).clamp(0, 1), ref)))
-    assert d_d < 0.5 * d_u  # measured: 0.030 vs 0.237
+    d_u, d_d = {}, {}
+    for steps in (2, 3, 20):  # both models predict x0 (eps-prediction is unstable at 2 steps from t=999)
+        d_u[steps] = float(mmd(uncond.sample(297, generator=g(), sampler="ddim", steps=steps).clamp(0, 1), ref))
+        d_d[steps] = float(mmd(dvae.sample(297, generator=g(), sampler="ddim", steps=steps).clamp(0, 1), ref))
+    print("MMD to held-out digits by steps: uncond", d_u, "diffusevae", d_d)
+    # measured: 2 steps 0.128 vs 1.050, 3 steps 0.128 vs 0.429, 20 steps 0.135 vs 0.124
+    assert d_d[2] < 0.3 * d_u[2] and d_d[3] < 0.5 * d_u[3]
+    assert d_u[20] / d_d[20] < 0.5 * d_u[3] / d_d[3]  # the advantage fades
+
+
+def test_crossflow_generates_the_requested_class(digits):
+    """CrossFlow (P50) labels -> images: an independent classifier recognises the requested class."""
+    train, _ = digits
+    classify = fit_digits_classifier(train["x"], train["y"])
+    L.seed_everything(0)
+    model = FlowMatching(input_shape=[1, 8, 8], mode="cross", source_key="y", source_dim=10, hidden=128,
+                         p_uncond=0.1, sample_steps=10)
+    fit_full_batch(model, train, 100, lr=3e-3)
+    y = torch.arange(200) % 10
+    x = model.sample(200, source=y)
+    agree = class_agreement(classify, x.clamp(0, 1), y)
+    print("CrossFlow class agreement", agree)
+    assert agree > 0.8  # measured: 1.00 (chance: 0.10)
 
 
 def test_latent_diffusion_fits_reloads_and_checks(tmp_path, digits, vae_checkpoint):

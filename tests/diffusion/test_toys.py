@@ -34,15 +34,17 @@ def moons():
 @pytest.mark.parametrize("family", ["ddpm", "flow_matching"])
 def test_toy_samples_close_to_data(family, moons):
     data, test = moons
+    # reference: the distance between two independent draws of the data (the floor at n=512)
+    ref = float(sinkhorn_distance(sample_toy("moons", 512, torch.Generator().manual_seed(2)), test))
     L.seed_everything(0)
-    model = (DDPM(hidden=128, ema_decay=0.0) if family == "ddpm" else FlowMatching(hidden=128))
+    model = (DDPM(hidden=128, ema_decay=0.99) if family == "ddpm" else FlowMatching(hidden=128))
     train_full_batch(model, {"x": data}, 800, lr=3e-3)
     samples = model.sample(512, generator=torch.Generator().manual_seed(0))
     d_samples = float(sinkhorn_distance(samples, test))
     d_noise = float(sinkhorn_distance(torch.randn(512, 2, generator=torch.Generator().manual_seed(2)), test))
-    print(family, d_samples, d_noise)
-    assert d_samples < 0.35, d_samples  # data-vs-data floor at n=512 is ~0.2
-    assert d_samples < 0.5 * d_noise
+    print(family, "Sinkhorn samples", d_samples, "data-vs-data", ref, "noise", d_noise)
+    assert d_samples < 1.2 * ref, (d_samples, ref)  # measured: ddpm 0.230, flow matching 0.246 vs ref 0.247
+    assert d_samples < 0.5 * d_noise  # noise: 0.734
     assert float(mmd(samples, test)) < 0.5 * float(mmd(torch.randn(512, 2), test))
 
 
