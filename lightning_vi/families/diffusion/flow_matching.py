@@ -202,9 +202,11 @@ class FlowMatching(VIModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None,
                source: Tensor | None = None, steps: int | None = None, solver: str | None = None,
-               guidance_scale: float | None = None) -> Tensor:
+               guidance_scale: float | None = None, source_mean: bool = False) -> Tensor:
         """Noise mode: ``n`` samples (labels ``y`` optional). Cross mode: transport ``source``
-        (default: labels ``arange(n) % source_dim``) to the target modality."""
+        (default: labels ``arange(n) % source_dim``) to the target modality, starting from a draw of
+        the variational source encoder (CrossFlow: varied outputs per source), or from its
+        mean with ``source_mean=True``."""
         if self.hparams.mode == "noise":
             x0 = torch.randn((n, *self.input_shape), generator=generator).to(self.device)
             if self.num_classes > 0 and y is None:
@@ -212,6 +214,6 @@ class FlowMatching(VIModule):
             return self.transport(x0, y if self.num_classes > 0 else None, self.num_classes, steps, solver, guidance_scale)
         if source is None:
             source = torch.arange(n, device=self.device) % max(self.hparams.source_dim, 1)
-        x0, _ = self.encode_source(source.to(self.device), sample=False)
+        x0, _ = self.encode_source(source.to(self.device), sample=not source_mean)
         c = torch.ones(x0.shape[0], dtype=torch.long, device=self.device)
         return self.transport(x0, c, 0, steps, solver, guidance_scale)
