@@ -141,6 +141,17 @@ def _make_cli(run: bool) -> VICLI:
     )
 
 
+def _user_message(err: BaseException) -> str:
+    """The error a user needs: jsonargparse wraps a family's own check (e.g. ``latent_dim=0 is out of
+    range``) in a "Union subtypes" report listing every alternative; keep only the family's lines."""
+    text = str(err)
+    if "Union subtypes" not in text:
+        return text
+    lines = [ln.strip()[2:] for ln in text.splitlines() if ln.strip().startswith("- ")]
+    lines = [ln for ln in lines if "NoneType" not in ln]
+    return "\n".join(lines) or text
+
+
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in ("plugins", "families"):
@@ -152,7 +163,7 @@ def main(args: list[str] | None = None) -> None:
     except (UnknownNameError, FileNotFoundError, ValueError, NonFiniteLossError) as err:
         if os.environ.get("LVI_TRACEBACK"):
             raise
-        print(f"lvi: error: {err}", file=sys.stderr)
+        print(f"lvi: error: {_user_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -165,3 +165,10 @@ def test_short_names_on_the_command_line(tmp_path, monkeypatch):
         cli = build_cli(["fit", "--model", model, "--data", data, "--trainer.fast_dev_run", "true",
                          "--trainer.logger", "false"])
         assert type(cli.model).__name__ == "VAE" and cli.trainer.state.finished
+
+
+def test_bad_model_value_shows_the_family_message_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = _error(capsys, ["fit", "--config", QUICKSTART, "--trainer.logger", "false",
+                          "--model.init_args.latent_dim", "0"])
+    assert "latent_dim=0 is out of range" in err and "Union subtypes" not in err and "NoneType" not in err
