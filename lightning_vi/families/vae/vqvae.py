@@ -172,7 +172,11 @@ class VQVAE(VIModule):
 
 class VQPurifier(nn.Module):
     """Purification filter (P35): ``classifier(vqvae(x))`` -- project inputs onto the quantized latent's
-    reconstructions before any trained classifier, removing small adversarial perturbations."""
+    reconstructions before any trained classifier, removing small adversarial perturbations.
+
+    Gradients pass the quantizer straight through, so a white-box attacker differentiating this module
+    runs BPDA (Athalye et al. 2018). On sklearn digits it beats the bare classifier under L-inf PGD/FGSM
+    at eps 0.10 and 0.15, not at 0.05 (numbers in ``docs/vae.md``)."""
 
     def __init__(self, vqvae: VQVAE, classifier: nn.Module) -> None:
         super().__init__()
