@@ -1,7 +1,8 @@
 """Posterior-collapse and active-variable diagnostics, logged each validation epoch (P01, P09).
 
 Logs ``diag/active_units``, ``diag/collapsed_dims``, ``diag/mutual_information``,
-``diag/kl_dim_<i>``, ``diag/passive_corr_mean`` / ``diag/passive_corr_sampled`` (P09) and the images
+``diag/kl_dim_<i>``, ``diag/passive_corr_mean`` / ``diag/passive_corr_sampled`` and
+``diag/passive_pair_corr_mean`` / ``diag/passive_pair_corr_sampled`` (P09) and the images
 ``media/kl_per_dim`` (bar chart) and ``media/latent_correlations`` (mean vs sampled correlation matrices).
 """
 
@@ -13,7 +14,7 @@ import lightning as L
 import torch
 
 from lightning_vi.callbacks.media import figure_to_array, log_image
-from lightning_vi.metrics.latent import LatentStatistics, passive_correlation
+from lightning_vi.metrics.latent import LatentStatistics, passive_correlation, passive_pair_correlation
 
 
 class LatentDiagnostics(L.Callback):
@@ -78,6 +79,9 @@ class LatentDiagnostics(L.Callback):
         scalars.update({f"diag/kl_dim_{i}": v for i, v in enumerate(stats["kl_per_dim"])})
         if not math.isnan(pc_mean):
             scalars.update({"diag/passive_corr_mean": pc_mean, "diag/passive_corr_sampled": pc_sampled})
+        pp_mean, pp_sampled = passive_pair_correlation(stats)
+        if not math.isnan(pp_mean):
+            scalars.update({"diag/passive_pair_corr_mean": pp_mean, "diag/passive_pair_corr_sampled": pp_sampled})
         for k, v in scalars.items():
             pl_module.log(k, float(v), on_epoch=True)
         if self.images and trainer.is_global_zero:
