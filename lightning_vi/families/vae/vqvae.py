@@ -117,6 +117,8 @@ class VQVAE(VIModule):
         check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
         check_range("codebook_size", codebook_size, 1)
         check_range("num_latents", num_latents, 1)
+        check_range("embedding_dim", embedding_dim, 1)
+        check_range("decay", decay, 0.0, 1.0, high_open=True)
         check_range("commitment", commitment, 0.0)
         check_range("obs_std", obs_std, 0.0, low_open=True)
         self.save_hyperparameters()
