@@ -1,19 +1,21 @@
 """Posterior-collapse and active-variable diagnostics, logged each validation epoch (P01, P09).
 
 Logs ``diag/active_units``, ``diag/collapsed_dims``, ``diag/mutual_information``,
-``diag/kl_dim_<i>``, ``diag/passive_corr_mean`` / ``diag/passive_corr_sampled`` (P09) and the images
+``diag/kl_dim_<i>``, ``diag/passive_corr_mean`` / ``diag/passive_corr_sampled`` and
+``diag/passive_pair_corr_mean`` / ``diag/passive_pair_corr_sampled`` (P09) and the images
 ``media/kl_per_dim`` (bar chart) and ``media/latent_correlations`` (mean vs sampled correlation matrices).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import lightning as L
 import torch
 
 from lightning_vi.callbacks.media import figure_to_array, log_image
-from lightning_vi.metrics.latent import LatentStatistics, passive_correlation
+from lightning_vi.metrics.latent import LatentStatistics, passive_correlation, passive_pair_correlation
 
 
 class LatentDiagnostics(L.Callback):
@@ -39,15 +41,32 @@ class LatentDiagnostics(L.Callback):
                 f"LatentDiagnostics needs a family with a latent posterior (a method encode(x) -> (mu, log_var)); "
                 f"{type(pl_module).__name__} has none. Remove the callback or use a family such as vae, cvae, hvae, cevae."
             )
+        try:
+            inspect.signature(pl_module.encode).bind(None)
+        except TypeError:
+            raise TypeError(
+                f"LatentDiagnostics calls encode(x) -> (mu, log_var), but {type(pl_module).__name__}.encode"
+                f"{inspect.signature(pl_module.encode)} needs more arguments than x. Remove the callback for this family."
+            ) from None
+        except ValueError:  # no introspectable signature: checked on the first validation batch
+            pass
 
     @torch.no_grad()
     def compute(self, pl_module: L.LightningModule, batch: dict) -> dict[str, torch.Tensor]:
         x = batch["x"][: self.max_examples].to(pl_module.device)
         if hasattr(pl_module, "condition_vector"):  # CVAE: q(z | x, c)
             c = pl_module.condition_vector(batch[pl_module.hparams.condition_key][: self.max_examples])
-            mu, log_var = pl_module.encode(x, c.to(pl_module.device))
+            out = pl_module.encode(x, c.to(pl_module.device))
         else:
-            mu, log_var = pl_module.encode(x)
+            out = pl_module.encode(x)
+        ok = (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+              and out[0].ndim == 2 and out[0].shape == out[1].shape)
+        if not ok:
+            got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                   for t in (out if isinstance(out, (tuple, list)) else [out])]
+            raise TypeError(f"LatentDiagnostics needs {type(pl_module).__name__}.encode(x) to return (mu, log_var), "
+                            f"two tensors of one shape [B, latent_dim]; got {got}")
+        mu, log_var = out
         metric = LatentStatistics(mu.shape[1], self.au_threshold, self.kl_threshold).to(mu.device)
         metric.update(mu, log_var)
         return metric.compute()
@@ -78,6 +97,9 @@ class LatentDiagnostics(L.Callback):
         scalars.update({f"diag/kl_dim_{i}": v for i, v in enumerate(stats["kl_per_dim"])})
         if not math.isnan(pc_mean):
             scalars.update({"diag/passive_corr_mean": pc_mean, "diag/passive_corr_sampled": pc_sampled})
+        pp_mean, pp_sampled = passive_pair_correlation(stats)
+        if not math.isnan(pp_mean):
+            scalars.update({"diag/passive_pair_corr_mean": pp_mean, "diag/passive_pair_corr_sampled": pp_sampled})
         for k, v in scalars.items():
             pl_module.log(k, float(v), on_epoch=True)
         if self.images and trainer.is_global_zero:

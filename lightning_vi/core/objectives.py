@@ -151,6 +151,8 @@ class VariationalObjective(nn.Module):
         check_choice("estimator", estimator, ESTIMATORS)
         check_choice("baseline", baseline, BASELINES)
         check_range("k", k, 1)
+        if int(k) != k:
+            raise ValueError(f"k={k!r} must be a whole number of samples; allowed: 1, 2, 3, ...")
         check_range("alpha", alpha, 0.0, 1.0)
         check_range("beta", beta, 0.0)
         self.objective, self.k, self.alpha = objective, int(k), float(alpha)

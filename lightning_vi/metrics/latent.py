@@ -108,3 +108,18 @@ def passive_correlation(stats: dict[str, Tensor]) -> tuple[float, float]:
         return float(c[passive].max(1).values.mean())
 
     return stat(stats["corr_mean"]), stat(stats["corr_sampled"])
+
+
+def passive_pair_correlation(stats: dict[str, Tensor]) -> tuple[float, float]:
+    """Mean |correlation| over pairs of distinct passive dims, in mean and in sampled representations
+    (P09, Sec. 4: passive variables co-vary in the means; ``nan`` with fewer than two passive dims)."""
+    passive = ~stats["active"]
+    k = int(passive.sum())
+    if k < 2:
+        return float("nan"), float("nan")
+    off = ~torch.eye(k, dtype=torch.bool, device=passive.device)
+
+    def stat(corr: Tensor) -> float:
+        return float(corr.abs()[passive][:, passive][off].mean())
+
+    return stat(stats["corr_mean"]), stat(stats["corr_sampled"])

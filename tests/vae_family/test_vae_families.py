@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightning_vi.data import DigitsDataModule
+from lightning_vi.data.digits import load_digits_tensors
 from lightning_vi.data.sprites import render_sprites, sample_factors
 from lightning_vi.families.vae import CEVAE, CVAE, HVAE, VAE, VQVAE
 from lightning_vi.registry import FAMILIES
@@ -91,3 +92,33 @@ def test_cvae_samples_are_recognised_as_requested_label():
     acc = float((torch.as_tensor(clf.predict(s.flatten(1).numpy())) == want).float().mean())
     print("classifier held-out acc", held, "CVAE sample acc", acc)
     assert acc > 0.7, acc
+
+
+def test_conv_hvae_learns_digits_and_reloads(tmp_path):
+    """The conv HVAE (configs/vae/hvae_conv.yaml, 3 of its 8 epochs): validation ELBO rises from the
+    untrained ~-44 to above -31 nats (measured -43.9 -> -27.4); a checkpoint reloads to identical outputs."""
+    L.seed_everything(0)
+    model = HVAE(input_shape=[1, 8, 8], latent_dims=[8, 4], architecture="conv", conv_channels=[32, 64],
+                 hidden_dims=[128], likelihood="bernoulli", lr=3e-3)
+    dm = DigitsDataModule(batch_size=128)
+    trainer = quiet_trainer(tmp_path, max_epochs=3)
+    before = float(trainer.validate(model, dm, verbose=False)[0]["val/elbo"])
+    trainer.fit(model, dm)
+    after = float(trainer.callback_metrics["val/elbo"])
+    print(f"conv HVAE val ELBO {before:.1f} -> {after:.1f}")
+    assert before < -40 and after > -31, (before, after)
+    path = tmp_path / "hvae_conv.ckpt"
+    trainer.save_checkpoint(path)
+    again = HVAE.load_from_checkpoint(path)
+    model.eval(), again.eval()
+    x = load_digits_tensors()["x"][:16]
+    assert torch.equal(model(x), again(x))
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(model.sample(4, generator=g()), again.sample(4, generator=g()))
+    # the Monte Carlo objectives ([K, B, d] latents between the levels) run through the conv networks too
+    iw = HVAE(input_shape=[1, 8, 8], latent_dims=[4, 2], architecture="conv", conv_channels=[8, 8], hidden_dims=[16],
+              encoder_variance="fixed", likelihood="bernoulli", objective="iwae", k=3)
+    loss, _ = iw.compute_loss({"x": x}, "train")
+    assert loss.isfinite()
+    with pytest.raises(ValueError, match=r"architecture='conv' needs input_shape \[C, H, W\]; got \[64\]"):
+        HVAE(input_shape=[64], architecture="conv")

@@ -1,4 +1,4 @@
-"""VQ-VAE oracles: closed-form EMA codebook step, dead-code restart, purification filter (P35)."""
+"""VQ-VAE oracles: closed-form EMA codebook step, dead-code restart, purification filter under attack (P35)."""
 
 from __future__ import annotations
 
@@ -52,15 +52,25 @@ def test_codebook_size_bad_input():
         VectorQuantizerEMA(0, 4)
 
 
-def fgsm(model, x, y, eps):
-    x = x.clone().requires_grad_(True)
-    F.cross_entropy(model(x), y).backward()
-    return (x + eps * x.grad.sign()).clamp(0, 1).detach()
+def linf_attack(model: nn.Module, x0: torch.Tensor, y: torch.Tensor, eps: float, steps: int, step: float) -> torch.Tensor:
+    """L-inf PGD (Madry et al. 2018) on [0, 1] pixels; ``steps=1, step=eps`` is FGSM."""
+    xa = x0.clone()
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xa), y), xa)
+        xa = torch.min(torch.max(xa.detach() + step * g.sign(), x0 - eps), x0 + eps).clamp(0, 1)
+    return xa.detach()
 
 
-def test_vq_filter_beats_bare_classifier_under_fgsm():
-    """FGSM (L-inf, eps = 0.25 on [0, 1] pixels) crafted against the classifier (grey-box: the filter is
-    unknown to the attacker), on held-out sklearn digits."""
+def test_vq_filter_beats_bare_classifier_under_white_box_attack():
+    """P35: classifier + VQ purification filter vs the bare classifier on held-out sklearn digits
+    ([0, 1] pixels) under white-box L-inf attacks that see the filter: BPDA (Athalye et al. 2018)
+    with the straight-through gradient of the quantizer, FGSM and PGD (50 steps of eps/10).
+
+    Measured (seed 0), accuracy filter vs bare: clean 0.864 vs 0.975; eps=0.10 PGD 0.476 vs 0.330,
+    FGSM 0.484 vs 0.383; eps=0.15 PGD 0.207 vs 0.045, FGSM 0.224 vs 0.093. At eps=0.05 the filter
+    loses (PGD 0.743 vs 0.778): its clean-accuracy cost outweighs the robustness gained.
+    """
     L.seed_everything(0)
     d = load_digits_tensors()
     x, y = d["x"], d["y"]
@@ -84,10 +94,17 @@ def test_vq_filter_beats_bare_classifier_under_fgsm():
     vq.eval()
     clf.eval()
     filt = VQPurifier(vq, clf)
-    x_adv = fgsm(clf, x[te], y[te], 0.25)
-    with torch.no_grad():
-        acc = lambda m, inp: float((m(inp).argmax(1) == y[te]).float().mean())  # noqa: E731
-        clean_bare, adv_bare, clean_filt, adv_filt = acc(clf, x[te]), acc(clf, x_adv), acc(filt, x[te]), acc(filt, x_adv)
-    print(f"clean bare {clean_bare:.3f} adv bare {adv_bare:.3f} clean filt {clean_filt:.3f} adv filt {adv_filt:.3f}")
-    assert clean_bare > 0.9
-    assert adv_filt > adv_bare + 0.2, (adv_bare, adv_filt, clean_filt)
+    for p in filt.parameters():
+        p.requires_grad_(False)
+
+    def acc(model: nn.Module, inp: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(inp).argmax(1) == y[te]).float().mean())
+
+    assert acc(clf, x[te]) > 0.95 and acc(filt, x[te]) > 0.8
+    for eps, margin in ((0.10, 0.08), (0.15, 0.10)):
+        for attack, steps, step in (("pgd", 50, eps / 10), ("fgsm", 1, eps)):
+            bare = acc(clf, linf_attack(clf, x[te], y[te], eps, steps, step))
+            filtered = acc(filt, linf_attack(filt, x[te], y[te], eps, steps, step))  # BPDA through the filter
+            print(f"eps={eps} {attack}: filter {filtered:.3f} bare {bare:.3f}")
+            assert filtered > bare + margin, (eps, attack, filtered, bare)

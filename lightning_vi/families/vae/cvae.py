@@ -179,7 +179,11 @@ class CVAE(VIModule):
         if key not in batch:
             raise KeyError(f"CVAE needs the condition batch[{key!r}]; the batch has {sorted(batch)}. "
                            "Set model.init_args.condition_key.")
-        return self.condition_vector(batch[key]).to(batch["x"].device)
+        c = self.condition_vector(batch[key]).to(batch["x"].device)
+        if c.shape[0] != batch["x"].shape[0]:
+            raise ValueError(f"batch[{key!r}] has {c.shape[0]} conditions for {batch['x'].shape[0]} examples in "
+                             "batch['x']; give one condition per example")
+        return c
 
     # -- model ---------------------------------------------------------------------------------
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -230,7 +234,7 @@ class CVAE(VIModule):
             condition = condition.repeat(n)
         c = self.condition_vector(condition).to(self.device)
         if c.shape[0] != n:
-            raise ValueError(f"condition has {c.shape[0]} rows; expected n={n}")
+            raise ValueError(f"condition has {c.shape[0]} rows; expected n={n} (one per sample) or a single label")
         mu, log_var = self.prior(c)
         eps = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
         return self.mean(self.decode(mu + eps * torch.exp(0.5 * log_var), c))

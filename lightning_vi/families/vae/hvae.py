@@ -26,18 +26,25 @@ from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.distributions import LOG_2PI, diag_normal, gaussian_kl_per_dim, likelihood, standard_normal_like
 from lightning_vi.core.module import VIModule
 from lightning_vi.core.objectives import VariationalObjective, iwae_bound
-from lightning_vi.nn import MLP
+from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
+def _batched(net: nn.Module, z: Tensor) -> Tensor:
+    """Apply a vector network to ``z`` ``[..., d]`` (the MLPs flatten all but the first dim otherwise)."""
+    return net(z.reshape(-1, z.shape[-1])).view(*z.shape[:-1], -1)
+
+
 @FAMILIES.register("hvae")
 class HVAE(VIModule):
-    """Two-level hierarchical VAE; MLP or linear networks; learnable or fixed encoder variance.
+    """Two-level hierarchical VAE; MLP, conv or linear networks; learnable or fixed encoder variance.
 
     Args:
         input_shape: shape of one example. latent_dims: ``[d1, d2]`` sizes of the two levels.
-        architecture: ``"mlp"`` or ``"linear"`` (P01's linear HVAE).
+        architecture: ``"mlp"``, ``"conv"`` (images ``[C, H, W]``: stride-2 conv encoder/decoder for
+            ``x <-> z1``, MLPs of width ``hidden_dims[-1]`` between the levels) or ``"linear"`` (P01's linear HVAE).
+        hidden_dims: MLP hidden widths. conv_channels: channels of the stride-2 conv blocks (``"conv"``).
         encoder_variance: ``"learnable"`` or ``"fixed"`` (both levels; std ``encoder_std``).
         level1_std: std of p(z1 | z2). beta: ``[beta1, beta2]`` KL weights of the two levels.
         likelihood, obs_std, iwae_k, objective, k, alpha, estimator, baseline: as for ``vae``.
@@ -49,6 +56,7 @@ class HVAE(VIModule):
         latent_dims: list[int] = (8, 4),
         architecture: str = "mlp",
         hidden_dims: list[int] = (256, 128),
+        conv_channels: list[int] = (32, 64),
         encoder_variance: str = "learnable",
         encoder_std: float = 0.1,
         level1_std: float = 1.0,
@@ -69,7 +77,7 @@ class HVAE(VIModule):
     ) -> None:
         super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
                          check_finite=check_finite)
-        check_choice("architecture", architecture, ("mlp", "linear"))
+        check_choice("architecture", architecture, ("mlp", "conv", "linear"))
         check_choice("encoder_variance", encoder_variance, ("learnable", "fixed"))
         check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
         if len(latent_dims) != 2:
@@ -95,13 +103,19 @@ class HVAE(VIModule):
         hid = [] if linear else list(hidden_dims)
         # Encoder heads output means (and log-variances only for a learnable, data-dependent variance).
         per_x = not linear and learn
-        self.enc1 = MLP(d_in, hid, self.d1 * (2 if per_x else 1))
+        if architecture == "conv":
+            if len(self.input_shape) != 3:
+                raise ValueError(f"architecture='conv' needs input_shape [C, H, W]; got {list(input_shape)}")
+            self.enc1 = ConvEncoder(self.input_shape, conv_channels, self.d1 * (2 if per_x else 1))
+        else:
+            self.enc1 = MLP(d_in, hid, self.d1 * (2 if per_x else 1))
         self.enc2 = MLP(self.d1, hid[-1:] if hid else [], self.d2 * (2 if per_x else 1))
         if linear and learn:
             self.enc_log_var1 = nn.Parameter(torch.zeros(self.d1))
             self.enc_log_var2 = nn.Parameter(torch.zeros(self.d2))
         self.dec2 = MLP(self.d2, hid[-1:] if hid else [], self.d1)
-        self.dec1 = nn.Sequential(MLP(self.d1, hid[::-1], d_in), nn.Unflatten(1, self.input_shape))
+        self.dec1 = (ConvDecoder(self.d1, conv_channels, self.input_shape) if architecture == "conv"
+                     else nn.Sequential(MLP(self.d1, hid[::-1], d_in), nn.Unflatten(1, self.input_shape)))
         self.log_obs_std = (
             nn.Parameter(torch.zeros(())) if likelihood == "gaussian" and obs_std is None
             else (torch.tensor(math.log(obs_std)) if obs_std is not None else None)
@@ -126,7 +140,8 @@ class HVAE(VIModule):
         return self._head(self.enc1(x), 1)
 
     def encode2(self, z1: Tensor) -> tuple[Tensor, Tensor]:
-        return self._head(self.enc2(z1), 2)
+        """``(mu, log_var)`` of q(z2|z1) for ``z1`` of shape ``[..., d1]`` (e.g. ``[K, B, d1]``)."""
+        return self._head(_batched(self.enc2, z1), 2)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Means and log-variances of both levels concatenated ``[B, d1 + d2]`` (z2 encoded from E[z1])."""
@@ -149,7 +164,7 @@ class HVAE(VIModule):
         return self.mean(self.decode(self.encode1(x)[0]))
 
     def p_z1(self, z2: Tensor):
-        return diag_normal(self.dec2(z2), torch.full_like(z2[..., :1], 2 * math.log(self.hparams.level1_std))
+        return diag_normal(_batched(self.dec2, z2), torch.full_like(z2[..., :1], 2 * math.log(self.hparams.level1_std))
                            .expand(*z2.shape[:-1], self.d1))
 
     @torch.no_grad()

@@ -117,6 +117,8 @@ class VQVAE(VIModule):
         check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
         check_range("codebook_size", codebook_size, 1)
         check_range("num_latents", num_latents, 1)
+        check_range("embedding_dim", embedding_dim, 1)
+        check_range("decay", decay, 0.0, 1.0, high_open=True)
         check_range("commitment", commitment, 0.0)
         check_range("obs_std", obs_std, 0.0, low_open=True)
         self.save_hyperparameters()
@@ -172,7 +174,11 @@ class VQVAE(VIModule):
 
 class VQPurifier(nn.Module):
     """Purification filter (P35): ``classifier(vqvae(x))`` -- project inputs onto the quantized latent's
-    reconstructions before any trained classifier, removing small adversarial perturbations."""
+    reconstructions before any trained classifier, removing small adversarial perturbations.
+
+    Gradients pass the quantizer straight through, so a white-box attacker differentiating this module
+    runs BPDA (Athalye et al. 2018). On sklearn digits it beats the bare classifier under L-inf PGD/FGSM
+    at eps 0.10 and 0.15, not at 0.05 (numbers in ``docs/vae.md``)."""
 
     def __init__(self, vqvae: VQVAE, classifier: nn.Module) -> None:
         super().__init__()
