@@ -39,7 +39,8 @@ def _old_task_mean(seq: TaskSequence) -> float:
 def test_field_prior_retains_old_tasks_better_than_sequential_training(tmp_path) -> None:
     """After three permuted-digit tasks (25 epochs each), the mean validation accuracy on tasks 0 and 1:
     binary_vcl 0.775 vs the same network with real weights trained sequentially by Adam 0.525 and
-    binary_vcl without the KL (kl_weight=0) 0.589 (measured, seed 0)."""
+    binary_vcl without the KL (kl_weight=0) 0.589 (measured, seed 0; seeds 1 and 2: 0.758 / 0.475 / 0.583
+    and 0.772 / 0.500 / 0.564)."""
     L.seed_everything(0)
     seq, dm, trainer = _continual_fit(BinaryVCL(**VCL_ARGS), tmp_path)
     vcl = _old_task_mean(seq)
@@ -57,8 +58,8 @@ def test_field_prior_retains_old_tasks_better_than_sequential_training(tmp_path)
           f"sequential Adam {_old_task_mean(sequential):.3f}")
     assert seq.history[-1]["acc"][-1] > 0.7  # the last task is still learned (plasticity)
     assert vcl > 0.7
-    assert vcl - _old_task_mean(sequential) >= 0.15
-    assert vcl - _old_task_mean(no_kl) >= 0.12
+    assert vcl - _old_task_mean(sequential) >= 0.2
+    assert vcl - _old_task_mean(no_kl) >= 0.15
 
 
 def test_gaussian_preactivation_matches_sampled_binary_weights() -> None:

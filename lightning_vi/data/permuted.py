@@ -38,9 +38,9 @@ class PermutedDigitsDataModule(InMemoryDataModule):
             raise ValueError(f"num_tasks={num_tasks!r} is out of range; allowed: an integer in [1, inf)")
         self.num_tasks, self.identity_first = num_tasks, identity_first
         self.task = self._check_task(task)
-        n_pix = 64
+        #: ``[num_tasks, 64]``: task ``t`` shows pixel ``permutations[t, i]`` at position ``i``.
         self.permutations = torch.stack([
-            torch.arange(n_pix) if (t == 0 and identity_first) else torch.randperm(n_pix, generator=self.generator(1_000 + t))
+            torch.arange(64) if (t == 0 and identity_first) else torch.randperm(64, generator=self.generator(1_000 + t))
             for t in range(num_tasks)
         ])
 
