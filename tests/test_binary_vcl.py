@@ -40,7 +40,8 @@ def test_field_prior_retains_old_tasks_better_than_sequential_training(tmp_path)
     """After three permuted-digit tasks (25 epochs each), the mean validation accuracy on tasks 0 and 1:
     binary_vcl 0.775 vs the same network with real weights trained sequentially by Adam 0.525 and
     binary_vcl without the KL (kl_weight=0) 0.589 (measured, seed 0; seeds 1 and 2: 0.758 / 0.475 / 0.583
-    and 0.772 / 0.500 / 0.564)."""
+    and 0.772 / 0.500 / 0.564). Sequential Adam at other learning rates, seed 0: lr 3e-4 0.586, 3e-3 0.400,
+    1e-2 0.369, 3e-2 0.247 (the last task reaches 0.93-0.96 at all of them)."""
     L.seed_everything(0)
     seq, dm, trainer = _continual_fit(BinaryVCL(**VCL_ARGS), tmp_path)
     vcl = _old_task_mean(seq)
@@ -116,7 +117,7 @@ def test_consolidate_makes_posterior_the_prior() -> None:
 
 def test_checkpoint_resume_restores_fields_prior_and_task(tmp_path) -> None:
     L.seed_everything(0)
-    model = BinaryVCL(hidden_dims=[16], lr=0.03)
+    model = BinaryVCL(hidden_dims=[16])
     seq, dm, trainer = _continual_fit(model, tmp_path, epochs=1, num_tasks=3, max_epochs=2)
     assert dm.task == 2 and int(model.tasks_consolidated) == 2 and [h["task"] for h in seq.history] == [0, 1]
     path = tmp_path / "vcl.ckpt"
@@ -130,7 +131,7 @@ def test_checkpoint_resume_restores_fields_prior_and_task(tmp_path) -> None:
     trainer2 = quiet_trainer(tmp_path, max_epochs=3, callbacks=[seq2], reload_dataloaders_every_n_epochs=1)
     trainer2.fit(loaded, dm2, ckpt_path=path)
     assert dm2.task == 2 and [h["task"] for h in seq2.history] == [2] and len(seq2.history[0]["acc"]) == 3
-    assert int(loaded.tasks_consolidated) == 2 and loaded.term_weights["kl"] == pytest.approx(1.0 / loaded.dataset_size)
+    assert int(loaded.tasks_consolidated) == 2 and loaded.term_weights["kl"] == pytest.approx(2.0 / loaded.dataset_size)
 
 
 def test_permuted_digits_tasks() -> None:
