@@ -13,7 +13,8 @@ import torch
 
 from helpers import quiet_trainer
 from lightning_vi.data import DigitsDataModule, PermutedDigitsDataModule
-from lightning_vi.families.bayes import BinaryLinear, BinaryVCL, TaskSequence, binary_kl
+from lightning_vi.callbacks import TaskSequence
+from lightning_vi.families.bayes import BinaryLinear, BinaryVCL, binary_kl
 from lightning_vi.families.classifier import Classifier
 from lightning_vi.registry import FAMILIES
 

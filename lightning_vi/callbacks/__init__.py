@@ -1,7 +1,9 @@
-"""Diagnostics and media callbacks."""
+"""Diagnostics, media, prediction-writing and task-sequence callbacks."""
 
 from lightning_vi.callbacks.images import LatentTraversal, Reconstructions, SampleGrid
 from lightning_vi.callbacks.media import figure_to_array, log_image, make_grid
 from lightning_vi.callbacks.predictions import NpzPredictionWriter
+from lightning_vi.callbacks.tasks import TaskSequence, task_accuracies
 
-__all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array", "NpzPredictionWriter"]
+__all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array", "NpzPredictionWriter",
+           "TaskSequence", "task_accuracies"]
