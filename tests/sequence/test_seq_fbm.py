@@ -69,6 +69,28 @@ def test_hurst_index_learned_from_fbm_paths(true_h):
     assert abs(float(m.hurst.detach()) - true_h) < 0.06  # measured 0.334 (0.3) and 0.717 (0.7); K=5 bias
 
 
+@pytest.mark.parametrize("true_h", [0.3, 0.7])
+def test_hurst_index_learned_through_the_elbo(true_h):
+    """Training the whole model (torchsde, Girsanov KL) moves H from 0.5 to the correct side, biased to 0.5.
+
+    The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
+    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
+    """
+    L.seed_everything(0)
+    d = fbm_paths(64, 16, true_h, torch.Generator().manual_seed(1))
+    m = FBMSDE(hurst=0.5, dt=1 / 16, gamma_max=16.0, hidden=32, context_dim=16, obs_std=0.02, lr=0.05)
+    opt = torch.optim.Adam(m.parameters(), lr=m.hparams.lr)
+    for _ in range(100):
+        out = m.objective(d)
+        loss = out["recon"] + out["kl"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    h = float(m.hurst.detach())
+    print(f"fbm_sde Hurst through the ELBO: {h:.3f} (true {true_h})")
+    assert (h - 0.5) * (true_h - 0.5) > 0 and abs(h - true_h) < 0.2, h  # measured 0.412 (0.3), 0.555 (0.7)
+
+
 def test_bad_hurst_and_times():
     for bad in (0.0, 1.0, 1.2, -0.1):
         with pytest.raises(ValueError, match="hurst"):
@@ -94,7 +116,7 @@ def test_registered_trains_and_reloads(tmp_path):
     m = FBMSDE(hurst=0.5, dt=1 / 16, gamma_max=16.0, lr=0.02)
     trainer = quiet_trainer(tmp_path, max_epochs=3)
     trainer.fit(m, dm)
-    assert float(m.hurst) != 0.5  # the Hurst index is trained through the ELBO
+    assert float(m.hurst.detach()) != 0.5  # the Hurst index is trained through the ELBO
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     m2 = FBMSDE.load_from_checkpoint(path)

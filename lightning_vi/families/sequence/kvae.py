@@ -5,7 +5,8 @@ Posterior ``q(z_t | x)`` from a bidirectional GRU; decoder ``p(x_t | z_t)``; a G
 ``p(z̄_t | z_{<t})`` whose latents are tied to *linear* dynamics: the Koopman operator ``A`` solves the
 least-squares problem ``Z̄_{2:T} ≈ Z̄_{1:T-1} A`` over the batch (their Eq. 5, ``A = Z̄_{1:T-1}^+ Z̄_{2:T}``),
 and the prediction loss ``L_pred = E ||Z̄_{2:T} - Z̄_{1:T-1} A||^2`` (Eq. 6; here divided by the total
-variance of the latents, so that it cannot be zeroed by shrinking them) is added to the ELBO
+variance of the latents, or with ``pred_scale="covariance"`` whitened by their covariance, so that it cannot
+be zeroed by shrinking them) is added to the ELBO
 (Eq. 7: ``recon + beta KL + alpha L_pred + gamma L_eig``). Eigenvalue constraints (Sec. 4.2):
 ``"unit_disk"`` penalises ``sum relu(|lambda| - 1)^2`` (stable dynamics), ``"prescribed"`` penalises
 ``sum (|lambda| - r)^2`` for every eigenvalue (``r = eig_radius``).
@@ -53,9 +54,29 @@ def koopman_lstsq(z: Tensor, mask: Tensor | None = None, ridge: float = 0.0) -> 
         return torch.linalg.lstsq(prev, nxt).solution
 
 
-def koopman_prediction_loss(z: Tensor, a: Tensor, mask: Tensor | None = None) -> Tensor:
-    """``mean ||z[:, 1:] - z[:, :-1] A||^2`` over (kept) step pairs."""
-    err = (z[:, 1:] - z[:, :-1] @ a).pow(2).sum(-1)
+def koopman_prediction_loss(z: Tensor, a: Tensor, mask: Tensor | None = None, scale: str = "none") -> Tensor:
+    """``mean ||z[:, 1:] - z[:, :-1] A||^2`` over (kept) step pairs.
+
+    ``scale="variance"`` divides by the latents' total variance; ``"covariance"`` measures each residual in the
+    metric of the latents' covariance ``C`` (``r^T C^{-1} r / d``), so no latent direction can be shrunk to
+    zero its share of the loss. Both make the loss invariant to rescaling the latents.
+    """
+    check_choice("scale", scale, ("none", "variance", "covariance"))
+    r = z[:, 1:] - z[:, :-1] @ a
+    if scale == "covariance":
+        with torch.autocast(z.device.type, enabled=False):
+            zf = z.reshape(-1, z.shape[-1])
+            zf, rf = (zf, r) if zf.dtype == torch.float64 else (zf.float(), r.float())
+            zc = zf - zf.mean(0)
+            cov = zc.T @ zc / max(len(zf) - 1, 1)
+            cov = cov + 1e-7 * cov.diagonal().mean() * torch.eye(z.shape[-1], device=z.device, dtype=cov.dtype)
+            chol = torch.linalg.cholesky(cov)
+            white = torch.linalg.solve_triangular(chol, rf.reshape(-1, z.shape[-1]).T, upper=False)
+            err = white.pow(2).sum(0).view(r.shape[:-1]) / z.shape[-1]
+    else:
+        err = r.pow(2).sum(-1)
+        if scale == "variance":
+            err = err / z.var(dim=(0, 1)).sum().clamp_min(1e-6)
     if mask is None:
         return err.mean()
     keep = mask[:, :-1] * mask[:, 1:]
@@ -72,6 +93,10 @@ class KoopmanVAE(VIModule):
         constraint ``eig_constraint`` (``"none"``, ``"unit_disk"``, ``"prescribed"`` with ``eig_radius``).
         obs_std: initial observation std (learned). ridge: ridge of the least-squares solve.
         koopman_latents: ``"posterior"`` or ``"prior"`` (see the module docstring).
+        decoder: ``"mlp"`` or ``"linear"`` (``x_t = W z_t + b``: the latents must carry the oscillations
+            themselves, so the operator's eigenvalue angles are the data's frequencies).
+        pred_scale: normalisation of the prediction loss, ``"variance"`` or ``"covariance"``
+            (see ``koopman_prediction_loss``).
     """
 
     def __init__(
@@ -87,6 +112,8 @@ class KoopmanVAE(VIModule):
         obs_std: float = 0.1,
         ridge: float = 0.0,
         koopman_latents: str = "posterior",
+        decoder: str = "mlp",
+        pred_scale: str = "variance",
         plugins: list[Union[Plugin, str, dict]] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -96,6 +123,8 @@ class KoopmanVAE(VIModule):
         super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
                          check_finite=check_finite)
         check_choice("koopman_latents", koopman_latents, ("posterior", "prior"))
+        check_choice("decoder", decoder, ("mlp", "linear"))
+        check_choice("pred_scale", pred_scale, ("variance", "covariance"))
         check_choice("eig_constraint", eig_constraint, ("none", "unit_disk", "prescribed"))
         for name, v in (("beta", beta), ("alpha", alpha), ("eig_weight", eig_weight), ("ridge", ridge)):
             check_range(name, v, 0.0)
@@ -105,7 +134,8 @@ class KoopmanVAE(VIModule):
         self.data_dim, self.latent_dim = data_dim, latent_dim
         self.encoder = nn.GRU(data_dim + 2, hidden, batch_first=True, bidirectional=True)
         self.enc_head = nn.Linear(2 * hidden, 2 * latent_dim)
-        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, data_dim))
+        self.decoder = nn.Linear(latent_dim, data_dim) if decoder == "linear" else \
+            nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, data_dim))
         self.prior_rnn = nn.GRU(latent_dim, hidden, batch_first=True)
         self.prior_head = nn.Linear(hidden, 2 * latent_dim)
         self.log_obs_std = nn.Parameter(torch.tensor(float(obs_std)).log())
@@ -146,7 +176,7 @@ class KoopmanVAE(VIModule):
         lat = mu if self.hparams.koopman_latents == "posterior" else p_mu
         a = koopman_lstsq(lat, ridge=self.hparams.ridge)
         # relative to the latents' spread, so shrinking the latents cannot zero the loss
-        pred = koopman_prediction_loss(lat, a) / lat.var(dim=(0, 1)).sum().clamp_min(1e-6)
+        pred = koopman_prediction_loss(lat, a, scale=self.hparams.pred_scale)
         out = {"recon": recon, "kl": kl, "pred": pred, "elbo": -(recon + kl),
                "mse": ((x_hat - x).pow(2).sum(-1) * mask).sum() / mask.sum().clamp_min(1),
                "koopman": a, "z": z}
@@ -166,6 +196,16 @@ class KoopmanVAE(VIModule):
     @torch.no_grad()
     def eigenvalues(self, batch: dict[str, Any]) -> Tensor:
         return torch.linalg.eigvals(self.koopman_operator(batch))
+
+    @torch.no_grad()
+    def modes(self, batch: dict[str, Any], dt: float | None = None) -> tuple[Tensor, Tensor]:
+        """Eigenvalues of the operator on ``batch`` and their frequencies ``|angle| / (2 pi dt)``, sorted by
+        decreasing modulus (undamped oscillations first); ``dt`` defaults to the batch's mean time step."""
+        _, t, _ = sequence_batch(batch)
+        lam = self.eigenvalues(batch)
+        lam = lam[lam.abs().argsort(descending=True)]
+        dt = float(torch.diff(t, dim=1).mean()) if dt is None else dt
+        return lam, lam.angle().abs() / (2 * torch.pi * dt)
 
     def forward(self, x: Tensor, t: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """Reconstruction (decoder at the posterior means)."""

@@ -10,8 +10,9 @@ Loss (negative lower bound, Eq. 5 with the meta-prior): ``recon + w * sum_{t>1} 
 ``w`` balances prediction error against the KL (large ``w``: near-deterministic, small: noisy).
 
 Error regression (Sec. 2.4) is the test-time predict path: for an unseen sequence the network weights are
-frozen and fresh adaptive vectors are optimised on the observed steps, block by block over a sliding
-window of ``er_window`` steps (earlier blocks stay fixed), then the prior generates the future.
+frozen and fresh adaptive vectors are optimised on the observed steps inside a window of the last
+``er_window`` steps, which slides forward ``er_stride`` steps at a time (vectors left behind by the window stay
+fixed; those still inside are refined again, warm-started); then the prior generates the future.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class PVRNN(VIModule):
             ``index`` in ``[0, n_sequences)``). max_length: time steps of the table.
         d_sizes, z_sizes, taus: per layer (bottom first) deterministic units, latent units, time constants.
         w: meta-prior (KL weight for t > 1). w1: meta-prior at t = 1.
-        er_window, er_steps, er_lr: error-regression window length, optimisation steps per window, step size.
+        er_window, er_stride, er_steps, er_lr: error-regression window length, steps the window slides each
+            time (1 = every step, ``er_window`` = disjoint blocks), optimisation steps per window position, step size.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class PVRNN(VIModule):
         w: float = 0.01,
         w1: float = 1.0,
         er_window: int = 16,
+        er_stride: int = 1,
         er_steps: int = 50,
         er_lr: float = 0.1,
         plugins: list[Union[Plugin, str, dict]] | None = None,
@@ -76,6 +79,7 @@ class PVRNN(VIModule):
         check_range("w1", w1, 0.0)
         check_range("n_sequences", n_sequences, 1)
         check_range("er_window", er_window, 1)
+        check_range("er_stride", er_stride, 1, er_window)
         self.save_hyperparameters()
         self.d_sizes, self.z_sizes = [int(d) for d in d_sizes], [int(z) for z in z_sizes]
         self.taus = [float(t) for t in taus]
@@ -150,17 +154,24 @@ class PVRNN(VIModule):
 
     # -- predict path: error regression --------------------------------------------------------
     def error_regression(self, x: Tensor, horizon: int = 0, window: int | None = None, steps: int | None = None,
-                         lr: float | None = None) -> Tensor:
+                         lr: float | None = None, stride: int | None = None) -> Tensor:
         """Infer adaptive vectors for observed ``x`` [B, T_obs, C] (weights frozen), then predict ``horizon``
         more steps; returns ``x̂`` [B, T_obs + horizon, C].
 
-        The observed steps are regressed in consecutive windows of ``window`` steps (sliding forward; earlier
-        windows stay fixed), each with ``steps`` Adam steps on ``recon + w KL`` of the steps seen so far.
+        The window ``[e - window, e)`` ends at ``e = window, window + stride, ...`` (and at ``T_obs``); at each
+        position ``steps`` Adam steps minimise the window's ``recon + w KL`` (``+ w1 KL_1`` while it holds t = 1)
+        over the vectors inside it, starting from their previous values. Defaults: ``er_window``,
+        ``er_steps``, ``er_lr``, ``er_stride``.
         """
         window = window or self.hparams.er_window
         steps = self.hparams.er_steps if steps is None else steps
         lr = lr or self.hparams.er_lr
+        stride = stride or self.hparams.get("er_stride", 1)
+        check_range("stride", stride, 1, window)
         b, n_obs = x.shape[:2]
+        ends = list(range(min(window, n_obs), n_obs + 1, stride))
+        if ends[-1] != n_obs:
+            ends.append(n_obs)
         frozen = [p.requires_grad for p in self.parameters()]
         for p in self.parameters():
             p.requires_grad_(False)
@@ -168,8 +179,8 @@ class PVRNN(VIModule):
         a_sigma = torch.zeros(b, n_obs, self.z_total, device=self.device)
         try:
             with torch.enable_grad():
-                for start in range(0, n_obs, window):
-                    end = min(start + window, n_obs)
+                for end in ends:  # the window slides over time
+                    start = max(0, end - window)
                     w_mu = a_mu[:, start:end].clone().requires_grad_(True)
                     w_sig = a_sigma[:, start:end].clone().requires_grad_(True)
                     opt = torch.optim.Adam([w_mu, w_sig], lr=lr)
@@ -177,8 +188,9 @@ class PVRNN(VIModule):
                         mu = torch.cat([a_mu[:, :start], w_mu], 1)
                         sig = torch.cat([a_sigma[:, :start], w_sig], 1)
                         x_hat, kl = self.run(end, b, mu, sig, sample=False)
-                        loss = ((x_hat - x[:, :end]) ** 2).sum((1, 2)).mean() + self.hparams.w * kl[:, 1:].sum(1).mean() \
-                            + self.hparams.w1 * kl[:, 0].mean()
+                        err = ((x_hat[:, start:] - x[:, start:end]) ** 2).sum((1, 2)).mean()
+                        kl_w = kl[:, max(start, 1):end].sum(1).mean()
+                        loss = err + self.hparams.w * kl_w + (self.hparams.w1 * kl[:, 0].mean() if start == 0 else 0.0)
                         opt.zero_grad()
                         loss.backward()
                         opt.step()
