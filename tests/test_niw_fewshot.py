@@ -1,0 +1,116 @@
+"""NIW few-shot (P27): closed forms vs direct computations, episode sampler, held-out oracle, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import MultivariateNormal, Wishart
+
+from lightning_vi.data.episodes import EpisodeDataModule, EpisodeSampler
+from lightning_vi.families.bayes.niw_fewshot import NIWFewShot, expected_gaussian_kl, local_posterior, niw_kl
+from lightning_vi.registry import FAMILIES
+
+
+def _spd(d: int, g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return scale * (a @ a.T / d + torch.eye(d, dtype=torch.float64))
+
+
+def _niw_sample(m, l, lam, nu, n, g):
+    """(mu, Sigma) ~ NIW: Sigma^-1 ~ Wishart(nu, precision_matrix=Lambda), mu | Sigma ~ N(m, Sigma / l)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+    prec = Wishart(torch.tensor(nu, dtype=torch.float64), precision_matrix=lam).sample((n,))
+    sigma = torch.linalg.inv(prec)
+    mu = MultivariateNormal(m, covariance_matrix=sigma / l).sample()
+    return mu, sigma, prec
+
+
+def test_local_posterior_matches_gaussian_conditioning() -> None:
+    """The one-time iterate equals p(theta | z_1..z_K) computed by conditioning the joint Gaussian of
+    (theta, z_1..z_K) with theta ~ N(m0, Lambda/nu), z_k = theta + N(0, S)."""
+    g = torch.Generator().manual_seed(0)
+    d, k, nu = 3, 4, 7.0
+    m0, lam = torch.randn(d, generator=g, dtype=torch.float64), _spd(d, g)
+    s = torch.rand(d, generator=g, dtype=torch.float64) + 0.3
+    z = torch.randn(k, d, generator=g, dtype=torch.float64)
+    m, chol = local_posterior(z.sum(0, keepdim=True), torch.tensor([float(k)], dtype=torch.float64), m0,
+                              nu * torch.linalg.inv(lam), s)
+    p = lam / nu  # prior covariance of theta
+    c_tz = p.repeat(1, k)  # Cov(theta, [z_1..z_K])
+    c_zz = p.repeat(k, k) + torch.block_diag(*[torch.diag(s)] * k)
+    gain = c_tz @ torch.linalg.inv(c_zz)
+    mean = m0 + gain @ (z - m0).flatten()
+    cov = p - gain @ c_tz.T
+    torch.testing.assert_close(m[0], mean)
+    torch.testing.assert_close(torch.cholesky_inverse(chol[0]), cov)
+
+
+@pytest.mark.filterwarnings("ignore:Singular sample")
+def test_niw_kl_matches_monte_carlo() -> None:
+    g = torch.Generator().manual_seed(1)
+    d = 2
+    p1 = (torch.randn(d, generator=g, dtype=torch.float64), 2.0, _spd(d, g), 6.0)
+    p0 = (torch.zeros(d, dtype=torch.float64), 1.0, _spd(d, g, 2.0), 4.0)
+    mu, sigma, prec = _niw_sample(*p1, 200_000, g)
+
+    def logq(m, l, lam, nu):  # log density up to the Jacobian of Sigma -> Sigma^-1 (cancels in the ratio)
+        w = Wishart(torch.tensor(nu, dtype=torch.float64), precision_matrix=lam).log_prob(prec)
+        return w + MultivariateNormal(m, covariance_matrix=sigma / l).log_prob(mu)
+
+    mc = (logq(*p1) - logq(*p0)).mean()
+    exact = niw_kl(p1[0], torch.tensor(p1[1]), p1[2], torch.tensor(p1[3]),
+                   p0[0], torch.tensor(p0[1]), p0[2], torch.tensor(p0[3]))
+    assert exact > 0
+    assert abs(float(exact) - float(mc)) < 0.02 * float(exact) + 0.01, (float(exact), float(mc))
+
+
+@pytest.mark.filterwarnings("ignore:Singular sample")
+def test_expected_local_kl_matches_monte_carlo() -> None:
+    g = torch.Generator().manual_seed(2)
+    d = 3
+    m0, l0, lam, nu = torch.randn(d, generator=g, dtype=torch.float64), 1.5, _spd(d, g), 8.0
+    m, v = torch.randn(d, generator=g, dtype=torch.float64), _spd(d, g, 0.3)
+    mu, sigma, _ = _niw_sample(m0, l0, lam, nu, 200_000, g)
+    q = MultivariateNormal(m, covariance_matrix=v)
+    mc = torch.distributions.kl_divergence(q, MultivariateNormal(mu, covariance_matrix=sigma)).mean()
+    exact = expected_gaussian_kl(m, v, m0, torch.tensor(l0), lam, torch.tensor(nu))
+    assert abs(float(exact) - float(mc)) < 0.02 * float(exact), (float(exact), float(mc))
+
+
+def test_episode_sampler_draws_valid_episodes() -> None:
+    y = torch.arange(10).repeat_interleave(torch.arange(20, 30))  # unequal class sizes
+    sampler = EpisodeSampler(y, [1, 3, 5, 7, 9], n_way=3, k_shot=2, n_query=4)
+    idx = sampler.sample(500, torch.Generator().manual_seed(0))
+    assert idx["support"].shape == (500, 3, 2) and idx["query"].shape == (500, 3, 4)
+    both = torch.cat([idx["support"], idx["query"]], -1)  # [E, N, K+Q]
+    assert torch.equal(y[both], idx["classes"].unsqueeze(-1).expand_as(both))  # right class per slot
+    flat = both.flatten(1).sort(-1).values
+    assert bool((flat[:, 1:] != flat[:, :-1]).all())  # no example twice within an episode
+    assert set(idx["classes"].unique().tolist()) == {1, 3, 5, 7, 9}
+    assert bool((idx["classes"].sort(-1).values.diff(dim=-1) > 0).all())  # distinct classes
+
+
+def test_bad_input() -> None:
+    y = torch.arange(5).repeat(10)
+    with pytest.raises(ValueError, match=r"n_way=6 is out of range; allowed: \[1, 5\]"):
+        EpisodeSampler(y, range(5), n_way=6, k_shot=1, n_query=1)
+    with pytest.raises(ValueError, match=r"k_shot=0 is out of range"):
+        EpisodeSampler(y, range(5), n_way=5, k_shot=0, n_query=1)
+    with pytest.raises(ValueError, match=r"n_query=0 is out of range"):
+        EpisodeSampler(y, range(5), n_way=5, k_shot=1, n_query=0)
+    with pytest.raises(ValueError, match=r"k_shot \+ n_query = 12 exceeds the 10 examples"):
+        EpisodeSampler(y, range(5), n_way=5, k_shot=2, n_query=10)
+    with pytest.raises(ValueError, match=r"n_way=6 is out of range; allowed: \[1, 5\]"):
+        EpisodeDataModule(n_way=6)
+    with pytest.raises(ValueError, match=r"disjoint; both contain \[4\]"):
+        EpisodeDataModule(train_classes=[0, 1, 2, 3, 4], test_classes=[4, 5, 6, 7, 8])
+    with pytest.raises(ValueError, match=r"prior_scale=0\.0 is out of range"):
+        NIWFewShot(prior_scale=0.0)
+    with pytest.raises(ValueError, match=r"batch\['x'\] has shape"):
+        NIWFewShot().objective({"x": torch.zeros(2, 3, 64), "y": torch.zeros(2, 3, dtype=torch.long),
+                                "support_x": torch.zeros(2, 5, 1, 8, 8),
+                                "support_y": torch.arange(5).repeat(2, 1), "classes": torch.zeros(2, 5)})
+    assert FAMILIES.get("niw_fewshot") is NIWFewShot
