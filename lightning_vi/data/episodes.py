@@ -18,6 +18,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.data.digits import load_digits_tensors
+from lightning_vi.data.glyphs import glyph_data
+
+#: data set name -> (number of classes, default number of meta-training classes: ids below it).
+DATASETS = {"digits": (10, 5), "glyphs": (100, 64)}
 
 
 class EpisodeSampler:
@@ -122,33 +127,39 @@ def _identity(batch):
 
 
 class EpisodeDataModule(L.LightningDataModule):
-    """Few-shot episodes over scikit-learn digits (or any ``{"x", "y"}`` tensors).
+    """Few-shot episodes over scikit-learn digits, procedural glyphs or any ``{"x", "y"}`` tensors.
 
     Meta-training episodes use only ``train_classes`` (fresh random episodes every epoch); validation
-    and test episodes use only the held-out ``test_classes`` (fixed sets, different seeds). The default
-    split {0..4} / {5..9} makes held-out 5-way episodes possible on the 10 digit classes. With
+    and test episodes use only the held-out ``test_classes`` (fixed sets, different seeds). Default splits:
+    digits {0..4} / {5..9} (held-out 5-way episodes on the 10 digit classes); glyphs (``glyph_data``, 100
+    i.i.d. classes at ``image_size`` 10) {0..63} / {64..99}. With
     ``train_rotations=4`` every meta-training class also appears rotated by 90, 180 and 270 degrees as three
     new classes (the Omniglot protocol of Santoro et al. 2016 / Vinyals et al. 2016), which gives 20
     meta-training classes instead of 5; held-out classes are never rotated.
 
     Args:
         n_way, k_shot, n_query: episode shape (see ``EpisodeSampler``).
-        train_classes, test_classes: disjoint label sets.
+        dataset: ``"digits"`` or ``"glyphs"`` (ignored when ``data`` is given).
+        train_classes, test_classes: disjoint label sets (default: the data set's split above).
         episodes_per_epoch: training episodes per epoch. num_val_episodes, num_test_episodes: fixed sets.
         train_n_way, train_k_shot: episode shape in meta-training (default: ``n_way``, ``k_shot``; training
             with more ways than testing is the usual prototypical-network practice).
         batch_size: episodes per batch. train_rotations: 1, 2 or 4 (see above). data: optional ``{"x": [M, ...], "y": [M]}`` (default: digits).
     """
 
-    def __init__(self, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
-                 train_classes: list[int] = (0, 1, 2, 3, 4), test_classes: list[int] = (5, 6, 7, 8, 9),
+    def __init__(self, n_way: int = 5, k_shot: int = 1, n_query: int = 15, dataset: str = "digits",
+                 train_classes: list[int] | None = None, test_classes: list[int] | None = None,
                  episodes_per_epoch: int = 400, num_val_episodes: int = 100, num_test_episodes: int = 200,
-                 batch_size: int = 16, seed: int = 0, image_size: int = 8, train_rotations: int = 1,
+                 batch_size: int = 16, seed: int = 0, image_size: int | None = None, train_rotations: int = 1,
                  train_n_way: int | None = None, train_k_shot: int | None = None,
                  data: dict[str, Tensor] | None = None) -> None:
         super().__init__()
+        check_choice("dataset", dataset, tuple(DATASETS))
         check_choice("train_rotations", train_rotations, (1, 2, 4))
-        overlap = sorted(set(train_classes) & set(test_classes))
+        n_classes, default_train = DATASETS[dataset]
+        train_classes = list(range(default_train)) if train_classes is None else list(train_classes)
+        test_classes = list(range(default_train, n_classes)) if test_classes is None else list(test_classes)
+        overlap = sorted(set(train_classes) & set(test_classes))  # noqa: C414
         if overlap:
             raise ValueError(f"train_classes and test_classes must be disjoint; both contain {overlap}")
         for name, v in (("episodes_per_epoch", episodes_per_epoch), ("num_val_episodes", num_val_episodes),
@@ -158,7 +169,9 @@ class EpisodeDataModule(L.LightningDataModule):
         self.train_classes, self.test_classes = list(train_classes), list(test_classes)
         self.episodes_per_epoch, self.num_val_episodes = episodes_per_epoch, num_val_episodes
         self.num_test_episodes, self.batch_size, self.seed = num_test_episodes, batch_size, seed
-        self.image_size, self.data, self.train_rotations = image_size, data, train_rotations
+        self.image_size = image_size or {"digits": 8, "glyphs": 10}[dataset]
+        self.data, self.train_rotations = data, train_rotations
+        self.dataset = dataset
         self.train_n_way, self.train_k_shot = train_n_way, train_k_shot
         # Validate the episode shape against both class sets now (before any data is loaded).
         for classes in (self.train_classes, self.test_classes):
@@ -172,9 +185,10 @@ class EpisodeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if self.data is None:
-            from lightning_vi.data.digits import load_digits_tensors
+        if self.data is None and self.dataset == "digits":
             self.data = load_digits_tensors(self.image_size)
+        elif self.data is None:
+            self.data = glyph_data(image_size=self.image_size, seed=self.seed)
         shape = (self.n_way, self.k_shot, self.n_query)
         train_data, train_classes = rotated_classes(self.data, self.train_classes, self.train_rotations)
         train = EpisodeSampler(train_data["y"], train_classes, self.train_n_way or self.n_way,

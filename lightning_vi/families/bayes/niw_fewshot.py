@@ -18,12 +18,15 @@ needs a quadratic approximation of the episode loss; here the support likelihood
 
     V^-1 = nu Lambda^-1 + n_c S^-1,     m_ic = V (nu Lambda^-1 m0 + S^-1 sum_{k in class c} f(x_k))
 
-The data term is the query label likelihood ``p(y = c | z, theta) = softmax_c(log N(z; theta_c, S))``,
+The ELBO's support term ``E_q log N(f(x_k); theta_c, S)`` and the local KL are computed on detached
+support features: they fit ``q(phi)`` and ``S`` to how classes and examples spread in feature space, while
+the backbone learns only from the query term (a feature-space density could otherwise be raised without
+bound by shrinking the features). The data term is the query label likelihood ``p(y = c | z, theta) = softmax_c(log N(z; theta_c, S))``,
 estimated with ``num_samples`` reparameterized draws of ``theta`` (training). Prediction uses the closed-form
 Gaussian predictive ``p(z | c, support) = N(z; m_ic, V + S)`` with Bayes' rule over the ``n_way`` classes.
 
 Loss per query example (all terms logged divided by the episode's query count ``n_way * n_query``):
-``nll + kl_weight * local_kl + global_kl / num_episodes``, where ``num_episodes`` is the number of episodes the
+``nll + kl_weight * (support_nll + local_kl) + global_kl / num_episodes``, where ``num_episodes`` is the number of episodes the
 global KL is amortised over (the paper's sum over many/infinite episodes).
 """
 
@@ -117,17 +120,17 @@ class NIWFewShot(VIModule):
         input_shape: shape of one example. backbone: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (``channels``),
             see ``lightning_vi.nn.backbones``; feature_dim: its output width ``d``.
         num_samples: draws of ``theta`` for the expected query log-likelihood (training).
-        kl_weight: weight of the local KL (1 = the ELBO). num_episodes: episodes the global KL is spread over.
+        kl_weight: weight of the support term and local KL (1 = the ELBO). num_episodes: episodes the global KL is spread over.
         prior_scale: ``p(phi) = NIW(0, 1, prior_scale * I, d + 2)`` (> 0).
     """
 
     def __init__(
         self,
-        input_shape: list[int] = (1, 8, 8),
+        input_shape: list[int] = (1, 10, 10),
         backbone: str = "mlp",
-        hidden_dims: list[int] = (128,),
+        hidden_dims: list[int] = (256,),
         channels: list[int] = (32, 64),
-        feature_dim: int = 16,
+        feature_dim: int = 64,
         num_samples: int = 4,
         kl_weight: float = 1.0,
         num_episodes: int = 10_000,
