@@ -185,3 +185,39 @@ def test_beats_finetuned_head_on_held_out_5way_1shot(tmp_path) -> None:
           f"difference {float(diff.mean()):.3f} +- {se:.3f}")
     assert float(ft.mean()) > 0.5  # the baseline is a real one (chance is 0.2)
     assert float(diff.mean()) > 0.02 and float(diff.mean()) > 2.5 * se
+
+
+def test_episode_data_module_splits_classes() -> None:
+    dm = EpisodeDataModule(n_way=5, k_shot=2, n_query=3, episodes_per_epoch=64, batch_size=16, train_rotations=4)
+    train = next(iter(dm.train_dataloader()))
+    assert train["support_x"].shape == (16, 10, 1, 8, 8) and train["x"].shape == (16, 15, 1, 8, 8)
+    assert torch.equal(train["support_y"][0], torch.arange(5).repeat_interleave(2))
+    digits, rotation = train["classes"] % 10, train["classes"] // 10
+    assert bool((digits < 5).all()) and set(rotation.unique().tolist()) <= {0, 1, 2, 3} and int(rotation.max()) > 0
+    test = next(iter(dm.test_dataloader()))
+    assert bool((test["classes"] >= 5).all() and (test["classes"] <= 9).all())
+    again = EpisodeDataModule(n_way=5, k_shot=2, n_query=3, train_rotations=4)
+    assert torch.equal(next(iter(again.test_dataloader()))["x"], test["x"])  # fixed held-out episodes
+    glyphs = EpisodeDataModule(dataset="glyphs")
+    glyphs.setup()
+    assert glyphs.example_shape == (1, 10, 10) and glyphs.test_classes == list(range(64, 100))
+
+
+def test_lightning_fit_test_and_reload(tmp_path) -> None:
+    from helpers import quiet_trainer
+
+    import lightning as L
+
+    L.seed_everything(0)
+    dm = EpisodeDataModule(dataset="glyphs", episodes_per_epoch=32, num_val_episodes=8, num_test_episodes=16,
+                           batch_size=8)
+    model = NIWFewShot(hidden_dims=[32], feature_dim=8)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, dm)
+    res = trainer.test(model, dm, verbose=False)[0]
+    assert {"test/acc", "test/pred_nll", "test/local_kl", "test/global_kl"} <= set(res)
+    path = tmp_path / "niw.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = NIWFewShot.load_from_checkpoint(path).eval()
+    batch = dm.datasets["test"].__getitems__(list(range(4)))
+    torch.testing.assert_close(loaded(batch), model.eval()(batch))

@@ -4,6 +4,7 @@ from lightning_vi.data.base import InMemoryDataModule, TensorDictDataset
 from lightning_vi.data.digits import DigitsDataModule, load_digits_tensors
 from lightning_vi.data.fbm import FBMDataModule
 from lightning_vi.data.episodes import EpisodeDataModule, EpisodeSampler
+from lightning_vi.data.glyphs import glyph_data
 from lightning_vi.data.files import NpzDataModule, TorchvisionDataModule
 from lightning_vi.data.linear import PPCADataModule, ppca_data, ppca_max_loglik
 from lightning_vi.data.regression import RegressionDataModule
@@ -19,5 +20,5 @@ __all__ = [
     "TorchvisionDataModule", "PPCADataModule", "ppca_data", "ppca_max_loglik", "SineSequenceDataModule",
     "sine_mixtures", "SpritesDataModule", "render_sprites", "sample_factors", "Toy2DDataModule", "sample_toy",
     "FBMDataModule", "RegressionDataModule", "SpuriousDigitsDataModule", "TokenSequenceDataModule",
-    "MovingSpritesDataModule", "EpisodeDataModule", "EpisodeSampler",
+    "MovingSpritesDataModule", "EpisodeDataModule", "EpisodeSampler", "glyph_data",
 ]
