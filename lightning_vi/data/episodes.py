@@ -25,6 +25,15 @@ from lightning_vi.data.glyphs import glyph_data
 DATASETS = {"digits": (10, 5), "glyphs": (100, 64)}
 
 
+def check_episode_shape(n_way: int, k_shot: int, n_query: int, classes: list[int]) -> None:
+    """Raise ``ValueError`` naming the bad value unless ``1 <= n_way <= len(classes)``, ``k_shot, n_query >= 1``."""
+    if n_way < 1 or n_way > len(classes):
+        raise ValueError(f"n_way={n_way!r} is out of range; allowed: [1, {len(classes)}] "
+                         f"(the number of available classes {classes})")
+    check_range("k_shot", k_shot, 1)
+    check_range("n_query", n_query, 1)
+
+
 class EpisodeSampler:
     """Draws episode indices into a labelled set ``y`` restricted to ``classes``.
 
@@ -36,11 +45,7 @@ class EpisodeSampler:
 
     def __init__(self, y: Tensor, classes: Sequence[int], n_way: int, k_shot: int, n_query: int) -> None:
         classes = [int(c) for c in classes]
-        if n_way < 1 or n_way > len(classes):
-            raise ValueError(f"n_way={n_way!r} is out of range; allowed: [1, {len(classes)}] "
-                             f"(the number of available classes {classes})")
-        check_range("k_shot", k_shot, 1)
-        check_range("n_query", n_query, 1)
+        check_episode_shape(n_way, k_shot, n_query, classes)
         self.classes = torch.tensor(classes, dtype=torch.long)
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         members = [torch.nonzero(y == c).flatten() for c in classes]
@@ -144,7 +149,8 @@ class EpisodeDataModule(L.LightningDataModule):
         episodes_per_epoch: training episodes per epoch. num_val_episodes, num_test_episodes: fixed sets.
         train_n_way, train_k_shot: episode shape in meta-training (default: ``n_way``, ``k_shot``; training
             with more ways than testing is the usual prototypical-network practice).
-        batch_size: episodes per batch. train_rotations: 1, 2 or 4 (see above). data: optional ``{"x": [M, ...], "y": [M]}`` (default: digits).
+        batch_size: episodes per batch. train_rotations: 1, 2 or 4 (see above).
+        data: optional ``{"x": [M, ...], "y": [M]}`` used instead of ``dataset``.
     """
 
     def __init__(self, n_way: int = 5, k_shot: int = 1, n_query: int = 15, dataset: str = "digits",
@@ -159,7 +165,7 @@ class EpisodeDataModule(L.LightningDataModule):
         n_classes, default_train = DATASETS[dataset]
         train_classes = list(range(default_train)) if train_classes is None else list(train_classes)
         test_classes = list(range(default_train, n_classes)) if test_classes is None else list(test_classes)
-        overlap = sorted(set(train_classes) & set(test_classes))  # noqa: C414
+        overlap = sorted(set(train_classes) & set(test_classes))
         if overlap:
             raise ValueError(f"train_classes and test_classes must be disjoint; both contain {overlap}")
         for name, v in (("episodes_per_epoch", episodes_per_epoch), ("num_val_episodes", num_val_episodes),
@@ -173,13 +179,10 @@ class EpisodeDataModule(L.LightningDataModule):
         self.data, self.train_rotations = data, train_rotations
         self.dataset = dataset
         self.train_n_way, self.train_k_shot = train_n_way, train_k_shot
-        # Validate the episode shape against both class sets now (before any data is loaded).
-        for classes in (self.train_classes, self.test_classes):
-            if n_way < 1 or n_way > len(classes):
-                raise ValueError(f"n_way={n_way!r} is out of range; allowed: [1, {len(classes)}] "
-                                 f"(the number of available classes {classes})")
-        check_range("k_shot", k_shot, 1)
-        check_range("n_query", n_query, 1)
+        # Validate the episode shapes now, before any data is loaded (rotations only add training classes).
+        check_episode_shape(n_way, k_shot, n_query, self.test_classes)
+        check_episode_shape(train_n_way or n_way, train_k_shot or k_shot, n_query,
+                            self.train_classes * train_rotations)
         self.datasets: dict[str, EpisodeDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
