@@ -112,9 +112,10 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match=r"prior_scale=0\.0 is out of range"):
         NIWFewShot(prior_scale=0.0)
     with pytest.raises(ValueError, match=r"batch\['x'\] has shape"):
-        NIWFewShot(input_shape=[1, 8, 8]).objective({"x": torch.zeros(2, 3, 64), "y": torch.zeros(2, 3, dtype=torch.long),
-                                "support_x": torch.zeros(2, 5, 1, 8, 8),
-                                "support_y": torch.arange(5).repeat(2, 1), "classes": torch.zeros(2, 5)})
+        NIWFewShot(input_shape=[1, 8, 8]).objective({
+            "x": torch.zeros(2, 3, 64), "y": torch.zeros(2, 3, dtype=torch.long),
+            "support_x": torch.zeros(2, 5, 1, 8, 8), "support_y": torch.arange(5).repeat(2, 1),
+            "classes": torch.zeros(2, 5)})
     assert FAMILIES.get("niw_fewshot") is NIWFewShot
 
 
@@ -148,10 +149,10 @@ def test_beats_finetuned_head_on_held_out_5way_1shot(tmp_path) -> None:
     linear head is fine-tuned on each support set. Same backbone, optimizer, learning rate and number of
     gradient steps for both. Measured (seed 0): NIW 0.741, fine-tune 0.701, paired difference
     0.040 +- 0.007 (standard error over episodes); seeds 1 and 2 (other glyph sets): +0.023, +0.052."""
-    from helpers import quiet_trainer
-    from lightning_vi.nn.backbones import build_backbone
-
     import lightning as L
+    from helpers import quiet_trainer
+
+    from lightning_vi.nn.backbones import build_backbone
 
     steps, batch = 1000, 8
     L.seed_everything(0)
@@ -204,9 +205,8 @@ def test_episode_data_module_splits_classes() -> None:
 
 
 def test_lightning_fit_test_and_reload(tmp_path) -> None:
-    from helpers import quiet_trainer
-
     import lightning as L
+    from helpers import quiet_trainer
 
     L.seed_everything(0)
     dm = EpisodeDataModule(dataset="glyphs", episodes_per_epoch=32, num_val_episodes=8, num_test_episodes=16,

@@ -116,7 +116,8 @@ def rotated_classes(data: dict[str, Tensor], classes: list[int], rotations: int
         return data, list(classes)
     x, y = data["x"], data["y"]
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"train_rotations={rotations} needs square images [M, C, S, S]; got x of shape {tuple(x.shape)}")
+        raise ValueError(f"train_rotations={rotations} needs square images [M, C, S, S]; "
+                         f"got x of shape {tuple(x.shape)}")
     base = int(y.max()) + 1
     keep = torch.isin(y, torch.tensor(classes))
     xs, ys, out_classes = [x], [y], list(classes)

@@ -1,7 +1,7 @@
 """Hierarchical Bayesian few-shot meta learning with a Normal-Inverse-Wishart global variable.
 
 Kim & Hospedales, "A Hierarchical Bayesian Model for Deep Few-Shot Meta Learning" (NIW-Meta). The paper's
-model (Sec. 3) is ``p(phi) prod_i p(theta_i | phi) p(D_i | theta_i)`` with a global variable
+hierarchical model is ``p(phi) prod_i p(theta_i | phi) p(D_i | theta_i)`` with a global variable
 ``phi = (mu, Sigma)``, local (episode) variables ``theta_i ~ N(mu, Sigma)``, the variational global
 posterior ``q(phi) = NIW(m0, l0, Lambda, nu)`` and the ELBO::
 
@@ -12,7 +12,7 @@ Under the NIW, ``E_{q(phi)} log N(theta; mu, Sigma) = log N(theta; m0, Lambda / 
 recomputed from the episode's data whenever it is needed: the *one-time iterate* (no per-episode state).
 
 Here ``theta_i`` are the episode's class prototypes ``theta_ic`` in the feature space of a deterministic
-backbone ``f`` (an MLP), each ``theta_ic ~ N(mu, Sigma)`` given ``phi``. Support features are
+backbone ``f`` (MLP or conv), each ``theta_ic ~ N(mu, Sigma)`` given ``phi``. Support features are
 ``f(x) ~ N(theta_ic, S)`` with a learned diagonal ``S``, which makes the one-time iterate exact (the paper
 needs a quadratic approximation of the episode loss; here the support likelihood is already Gaussian)::
 
@@ -21,13 +21,14 @@ needs a quadratic approximation of the episode loss; here the support likelihood
 The ELBO's support term ``E_q log N(f(x_k); theta_c, S)`` and the local KL are computed on detached
 support features: they fit ``q(phi)`` and ``S`` to how classes and examples spread in feature space, while
 the backbone learns only from the query term (a feature-space density could otherwise be raised without
-bound by shrinking the features). The data term is the query label likelihood ``p(y = c | z, theta) = softmax_c(log N(z; theta_c, S))``,
-estimated with ``num_samples`` reparameterized draws of ``theta`` (training). Prediction uses the closed-form
-Gaussian predictive ``p(z | c, support) = N(z; m_ic, V + S)`` with Bayes' rule over the ``n_way`` classes.
+bound by shrinking the features). The data term is the query label likelihood
+``p(y = c | z, theta) = softmax_c(log N(z; theta_c, S))``, estimated with ``num_samples`` reparameterized
+draws of ``theta`` (training). Prediction uses the closed-form Gaussian predictive
+``p(z | c, support) = N(z; m_ic, V + S)`` with Bayes' rule over the ``n_way`` classes.
 
 Loss per query example (all terms logged divided by the episode's query count ``n_way * n_query``):
-``nll + kl_weight * (support_nll + local_kl) + global_kl / num_episodes``, where ``num_episodes`` is the number of episodes the
-global KL is amortised over (the paper's sum over many/infinite episodes).
+``nll + kl_weight * (support_nll + local_kl) + global_kl / num_episodes``, where ``num_episodes`` is the
+number of episodes the global KL is amortised over (the paper's sum over many/infinite episodes).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class NIWFewShot(VIModule):
         input_shape: shape of one example. backbone: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (``channels``),
             see ``lightning_vi.nn.backbones``; feature_dim: its output width ``d``.
         num_samples: draws of ``theta`` for the expected query log-likelihood (training).
-        kl_weight: weight of the support term and local KL (1 = the ELBO). num_episodes: episodes the global KL is spread over.
+        kl_weight: weight of the support term and local KL (1 = the ELBO).
+        num_episodes: number of episodes the global KL is spread over.
         prior_scale: ``p(phi) = NIW(0, 1, prior_scale * I, d + 2)`` (> 0).
     """
 
@@ -244,7 +246,3 @@ class NIWFewShot(VIModule):
         return {"nll": nll, "support_nll": support_nll / q, "local_kl": local_kl / q,
                 "global_kl": self.global_kl() / q, "acc": (pred.argmax(-1) == y).float().mean(),
                 "pred_nll": F.cross_entropy(pred.flatten(0, 1), y.flatten()), "logits": pred}
-
-    @staticmethod
-    def _batch_size(batch: Any) -> int:
-        return int(batch["x"].shape[0])
