@@ -3,6 +3,8 @@
 from lightning_vi.data.base import InMemoryDataModule, TensorDictDataset
 from lightning_vi.data.digits import DigitsDataModule, load_digits_tensors
 from lightning_vi.data.fbm import FBMDataModule
+from lightning_vi.data.episodes import EpisodeDataModule, EpisodeSampler
+from lightning_vi.data.glyphs import glyph_data
 from lightning_vi.data.files import NpzDataModule, TorchvisionDataModule
 from lightning_vi.data.linear import PPCADataModule, ppca_data, ppca_max_loglik
 from lightning_vi.data.permuted import PermutedDigitsDataModule
@@ -19,5 +21,5 @@ __all__ = [
     "TorchvisionDataModule", "PPCADataModule", "ppca_data", "ppca_max_loglik", "SineSequenceDataModule",
     "sine_mixtures", "SpritesDataModule", "render_sprites", "sample_factors", "Toy2DDataModule", "sample_toy",
     "FBMDataModule", "RegressionDataModule", "SpuriousDigitsDataModule", "TokenSequenceDataModule",
-    "MovingSpritesDataModule", "PermutedDigitsDataModule",
+    "MovingSpritesDataModule", "PermutedDigitsDataModule", "EpisodeDataModule", "EpisodeSampler", "glyph_data",
 ]
