@@ -6,8 +6,9 @@ import nbformat as nbf
 
 cells = [
     nbf.v4.new_markdown_cell("# Bayesian and bottleneck families\nA mean-field BNN with calibration metrics and "
-                             "OOD detection, SSVI at fixed density, a VIB rate check and the CS-divergence "
-                             "estimator. Tiny full-batch runs on 8x8 digits."),
+                             "OOD detection, SSVI at fixed density, a VIB rate check, the CS-divergence "
+                             "estimator, continual learning with binary_vcl and few-shot episodes with "
+                             "niw_fewshot. Tiny runs on 8x8 digits and procedural glyphs."),
     nbf.v4.new_code_cell("""import torch, lightning as L
 from lightning_vi.data import DigitsDataModule
 from lightning_vi.families.bayes import BNN
@@ -45,6 +46,31 @@ for beta in (1e-4, 1e-1):
 mu1, mu2, c = torch.zeros(2), torch.tensor([1.0, 0.5]), torch.eye(2)
 x = torch.randn(1000, 2); y = torch.randn(1000, 2) + mu2
 print('kernel estimate', float(cs_divergence(x, y, 0.3)), 'closed form', float(gaussian_cs_divergence(mu1, c, mu2, c)))"""),
+    nbf.v4.new_markdown_cell("Continual learning (P08): three permuted-digit tasks; the posterior fields of task t "
+                             "become the prior of task t+1. `TaskSequence` switches tasks and logs per-task accuracy."),
+    nbf.v4.new_code_cell("""import tempfile
+from lightning_vi.callbacks import TaskSequence
+from lightning_vi.data import PermutedDigitsDataModule
+from lightning_vi.families.bayes import BinaryVCL
+L.seed_everything(0)
+seq = TaskSequence(epochs_per_task=6)
+trainer = L.Trainer(max_epochs=18, callbacks=[seq], reload_dataloaders_every_n_epochs=1, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    default_root_dir=tempfile.mkdtemp())
+trainer.fit(BinaryVCL(hidden_dims=[128]), PermutedDigitsDataModule(num_tasks=3, batch_size=128))
+print('accuracy per task after the last task:', [round(a, 3) for a in seq.history[-1]['acc']])"""),
+    nbf.v4.new_markdown_cell("Few-shot (P27): NIW global prior, closed-form class posteriors from the support set; "
+                             "accuracy on held-out 5-way 1-shot glyph episodes (classes never seen in training)."),
+    nbf.v4.new_code_cell("""from lightning_vi.data import EpisodeDataModule
+from lightning_vi.families.bayes.niw_fewshot import NIWFewShot
+L.seed_everything(0)
+dm = EpisodeDataModule(dataset='glyphs', n_way=5, k_shot=1, n_query=15, episodes_per_epoch=200 * 8, batch_size=8,
+                       num_test_episodes=100, seed=0)
+niw = NIWFewShot(input_shape=[1, 10, 10], hidden_dims=[256], feature_dim=64, lr=3e-3)
+L.Trainer(max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+          enable_model_summary=False, default_root_dir=tempfile.mkdtemp()).fit(niw, dm)
+test = dm.datasets['test'].__getitems__(list(range(100)))
+print('held-out 5-way 1-shot accuracy:', float((niw.eval()(test).argmax(-1) == test['y']).float().mean()))"""),
 ]
 nb = nbf.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                                                  "language": "python"}})
