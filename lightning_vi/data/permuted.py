@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_vi.core.checks import check_range
 from lightning_vi.data.base import InMemoryDataModule, TensorDictDataset, _identity
 from lightning_vi.data.digits import load_digits_tensors
 

@@ -8,7 +8,6 @@ import torch
 
 from lightning_vi.data import DigitsDataModule
 from lightning_vi.data.digits import load_digits_tensors
-from lightning_vi.data.sprites import render_sprites, sample_factors
 from lightning_vi.families.vae import CEVAE, CVAE, HVAE, VAE, VQVAE
 from lightning_vi.registry import FAMILIES
 from tests.helpers import quiet_trainer

@@ -56,6 +56,16 @@ class BayesClassifierMixin:
             raise ValueError("dataset_size is not set; pass dataset_size=<number of training examples> "
                              "(it scales the summed KL: loss = NLL + KL / dataset_size)")
 
+    def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """ELBO terms with ``num_samples`` posterior draws of the logits: ``nll`` (mean), ``kl`` (summed)."""
+        self._require_size()
+        x, y = batch["x"], batch["y"]
+        logits = torch.stack([self.logits(x) for _ in range(self.num_samples)])
+        nll = mc_nll(logits, y)
+        kl = self.kl()
+        return {"nll": nll, "kl": kl, "elbo": -(nll + kl / self.dataset_size),
+                "acc": (logits.softmax(-1).mean(0).argmax(-1) == y).float().mean(), "logits": logits.mean(0)}
+
     @torch.no_grad()
     def predict_proba(self, x: Tensor, num_samples: int | None = None) -> Tensor:
         """Monte-Carlo predictive ``mean_s softmax(logits_s)`` over ``num_samples`` posterior samples."""

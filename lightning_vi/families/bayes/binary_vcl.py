@@ -27,7 +27,7 @@ accuracy on every seen task (``val/acc_task{k}``, ``val/acc_old_mean``, ``val/ac
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.module import VIModule
-from lightning_vi.families.bayes._common import BayesClassifierMixin, mc_nll
+from lightning_vi.families.bayes._common import BayesClassifierMixin
 from lightning_vi.nn.mlp import activation as make_activation
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
@@ -197,12 +197,3 @@ class BinaryVCL(BayesClassifierMixin, VIModule):
             layer.consolidate()
         self.tasks_consolidated += 1
         self._set_kl_scale()
-
-    def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        self._require_size()
-        x, y = batch["x"], batch["y"]
-        logits = torch.stack([self.logits(x) for _ in range(self.num_samples)])
-        nll = mc_nll(logits, y)
-        kl = self.kl()
-        return {"nll": nll, "kl": kl, "elbo": -(nll + kl / self.dataset_size),
-                "acc": (logits.softmax(-1).mean(0).argmax(-1) == y).float().mean(), "logits": logits.mean(0)}

@@ -9,15 +9,14 @@ uses ``num_samples`` local-reparameterization samples (Kingma et al. 2015, Eq. 6
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Union
 
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.module import VIModule
-from lightning_vi.families.bayes._common import BayesClassifierMixin, mc_nll
+from lightning_vi.families.bayes._common import BayesClassifierMixin
 from lightning_vi.families.bayes.layers import BayesConv2d, BayesLinear, kl_divergence
 from lightning_vi.nn.mlp import activation
 from lightning_vi.plugins.base import Plugin
@@ -106,12 +105,3 @@ class BNN(BayesClassifierMixin, VIModule):
 
     def kl(self) -> Tensor:
         return kl_divergence(self.net)
-
-    def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        self._require_size()
-        x, y = batch["x"], batch["y"]
-        logits = torch.stack([self.logits(x) for _ in range(self.num_samples)])
-        nll = mc_nll(logits, y)
-        kl = self.kl()
-        return {"nll": nll, "kl": kl, "elbo": -(nll + kl / self.dataset_size),
-                "acc": (logits.softmax(-1).mean(0).argmax(-1) == y).float().mean(), "logits": logits.mean(0)}

@@ -10,7 +10,6 @@ tiny images an MLP (``architecture: mlp``). Samples come from DDPM ancestral sam
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Union
 
 import torch

@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
-from lightning_vi.core.distributions import diag_normal, gaussian_kl_per_dim, likelihood
+from lightning_vi.core.distributions import diag_normal, likelihood
 from lightning_vi.core.module import VIModule
 from lightning_vi.core.objectives import VariationalObjective, elbo_terms, iwae_bound
 from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
