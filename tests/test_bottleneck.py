@@ -142,9 +142,9 @@ def test_cvib_beats_cross_entropy_when_a_distractor_digit_is_spurious() -> None:
     0.855) against 0.971 unshifted. CVIB with the same layers (beta=0.3, gamma=1, separate networks, chosen by
     accuracy on the training-distribution validation split over beta {0.3, 1, 3} x gamma {0, 0.3, 1} x
     shared/separate weights) scores 0.890 shifted (0.897, 0.872, 0.903): +0.063 on average, every seed better.
-    A VIB gets 0.877-0.897 (beta 1e-3..1e-1), so the gain comes mostly from the bottleneck; the contrastive term adds 0.004-0.03
-    (gamma 0 vs 1). On the single marker pixel (the previous data design) CVIB never beat cross-entropy: an
-    information bottleneck keeps a cheap, nearly sufficient pixel."""
+    Context: VIB gets 0.877-0.897 (beta 1e-3..1e-1), so the gain is mostly the bottleneck's; gamma=0 gives
+    0.886; CE with dropout 0.2 and weight decay 1e-3 (validation-selected) 0.847. On the single marker pixel
+    (``mode="marker"``) CVIB never beat CE: a bottleneck keeps a cheap, nearly sufficient pixel."""
     import torch.nn.functional as F
     from torch import nn
 
@@ -175,10 +175,10 @@ def test_cvib_beats_cross_entropy_when_a_distractor_digit_is_spurious() -> None:
         ce_iid.append(acc(ce, iid.splits["test"]))
         cvib_shift.append(acc(cvib.predict_proba, sp.splits["test"]))
     print("ce_shift", ce_shift, "ce_iid", ce_iid, "cvib_shift", cvib_shift)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    assert mean(ce_iid) - mean(ce_shift) > 0.1  # the distractor is a shortcut CE uses
+    ce_s, ce_i, cv_s = (sum(v) / 3 for v in (ce_shift, ce_iid, cvib_shift))
+    assert ce_i - ce_s > 0.1  # the distractor is a shortcut CE uses (0.971 vs 0.827)
     assert all(c > e for c, e in zip(cvib_shift, ce_shift)), (cvib_shift, ce_shift)
-    assert mean(cvib_shift) - mean(ce_shift) > 0.04, (cvib_shift, ce_shift)
+    assert cv_s - ce_s > 0.04, (cvib_shift, ce_shift)  # measured +0.063
 
 
 def test_spurious_distractor_mode_bad_input() -> None:
