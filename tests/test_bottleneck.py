@@ -135,41 +135,52 @@ def _fit_epochs(model, loss_fn, split, epochs=60, batch_size=256, lr=5e-3, seed=
     return model.eval()
 
 
-def test_cvib_keeps_the_planted_shortcut_and_does_not_beat_cross_entropy() -> None:
-    """P17's oracle "CVIB beats cross-entropy on a shifted test set" does NOT hold here; this test pins what
-    does. Data: digits whose marker pixel names the label for 95% of training images and is random in the
-    shifted test split. The shortcut is real: a cross-entropy MLP (64-128-64-10) scores 0.925 on the shifted
-    test set against 0.983 on an unshifted one (seed 0). CVIB with input pruning (beta=1, gamma=1) keeps
-    every marker pixel in its self-pruned network while pruning about half of the other inputs: a marker
-    pixel is a cheap, highly predictive unit, so the per-unit VIB compression favours it; shifted accuracy
-    0.805 (seeds 0-2: 0.805, 0.833, 0.777; CE 0.925, 0.925, 0.936). Across 26 settings tried (correlation 0.9,
-    0.95, 1.0; beta 0.01-10; gamma 0-5; tau 0.1, 0.5; input pruning on/off; prediction from the pruned or the
-    original network) CVIB never beat CE on the shifted split (best: 0.922 vs 0.930 at correlation 0.9)."""
+def test_cvib_beats_cross_entropy_when_a_distractor_digit_is_spurious() -> None:
+    """P17's oracle on superfluous patterns: each input is a digit beside a distractor digit whose class equals
+    the label for 90% of training images and never at the shifted test split (``mode="distractor"``). A
+    cross-entropy MLP (128-128-64-10) uses the distractor: shifted accuracy 0.827 (seeds 0-2: 0.841, 0.786,
+    0.855) against 0.971 unshifted. CVIB with the same layers (beta=0.3, gamma=1, separate networks, chosen by
+    accuracy on the training-distribution validation split over beta {0.3, 1, 3} x gamma {0, 0.3, 1} x
+    shared/separate weights) scores 0.890 shifted (0.897, 0.872, 0.903): +0.063 on average, every seed better.
+    Context: VIB gets 0.877-0.897 (beta 1e-3..1e-1), so the gain is mostly the bottleneck's; gamma=0 gives
+    0.886; CE with dropout 0.2 and weight decay 1e-3 (validation-selected) 0.847. On the single marker pixel
+    (``mode="marker"``) CVIB never beat CE: a bottleneck keeps a cheap, nearly sufficient pixel."""
     import torch.nn.functional as F
     from torch import nn
-
-    sp = SpuriousDigitsDataModule(correlation=0.95, test_correlation=0.0, seed=0)
-    sp.setup()
-    iid = SpuriousDigitsDataModule(correlation=0.95, test_correlation=0.95, seed=0)
-    iid.setup()
-    torch.manual_seed(0)
-    ce = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
-    _fit_epochs(ce, lambda m, b: F.cross_entropy(m(b["x"]), b["y"]), sp.splits["train"])
-    torch.manual_seed(0)
-    cvib = CVIB(hidden_dims=[128, 64], beta=1.0, gamma=1.0, prune_input=True)
 
     def cvib_loss(m, b):
         out = m.objective(b)
         return sum(w * out[k] for k, w in m.term_weights.items() if w)
 
-    _fit_epochs(cvib, cvib_loss, sp.splits["train"])
-    with torch.no_grad():
-        acc = {name: float((f(s["x"]).argmax(-1) == s["y"]).float().mean())
-               for name, f, s in (("ce_shift", ce, sp.splits["test"]), ("ce_iid", ce, iid.splits["test"]),
-                                  ("cvib_shift", cvib.predict_proba, sp.splits["test"]))}
-    print(acc)
-    assert acc["ce_iid"] - acc["ce_shift"] > 0.03  # the marker is a shortcut that CE partly uses
-    kept = (cvib.masks[0].log_alpha() > cvib.prune_threshold).view(8, 8)
-    marker_kept = int(kept[0].sum() + kept[7, 3:5].sum())  # marker positions: row 0, and row 7 cols 3-4
-    assert marker_kept >= 9 and int(kept.sum()) < 48, (marker_kept, int(kept.sum()))
-    assert acc["cvib_shift"] < acc["ce_shift"]  # the measured (negative) result, see the docstring
+    def acc(f, split):
+        with torch.no_grad():
+            return float((f(split["x"]).argmax(-1) == split["y"]).float().mean())
+
+    ce_shift, ce_iid, cvib_shift = [], [], []
+    for seed in range(3):
+        sp = SpuriousDigitsDataModule(correlation=0.9, test_correlation=0.0, seed=seed, mode="distractor")
+        sp.setup()
+        iid = SpuriousDigitsDataModule(correlation=0.9, test_correlation=0.9, seed=seed, mode="distractor")
+        iid.setup()
+        assert sp.splits["train"]["x"].shape[1:] == (1, 8, 16)
+        assert float((sp.splits["test"]["marker"] == sp.splits["test"]["y"]).float().mean()) == 0.0
+        torch.manual_seed(seed)
+        ce = nn.Sequential(nn.Flatten(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                           nn.Linear(64, 10))
+        _fit_epochs(ce, lambda m, b: F.cross_entropy(m(b["x"]), b["y"]), sp.splits["train"], seed=seed)
+        torch.manual_seed(seed)
+        cvib = CVIB(input_shape=[1, 8, 16], hidden_dims=[128, 64], beta=0.3, gamma=1.0)
+        _fit_epochs(cvib, cvib_loss, sp.splits["train"], seed=seed)
+        ce_shift.append(acc(ce, sp.splits["test"]))
+        ce_iid.append(acc(ce, iid.splits["test"]))
+        cvib_shift.append(acc(cvib.predict_proba, sp.splits["test"]))
+    print("ce_shift", ce_shift, "ce_iid", ce_iid, "cvib_shift", cvib_shift)
+    ce_s, ce_i, cv_s = (sum(v) / 3 for v in (ce_shift, ce_iid, cvib_shift))
+    assert ce_i - ce_s > 0.1  # the distractor is a shortcut CE uses (0.971 vs 0.827)
+    assert all(c > e for c, e in zip(cvib_shift, ce_shift)), (cvib_shift, ce_shift)
+    assert cv_s - ce_s > 0.04, (cvib_shift, ce_shift)  # measured +0.063
+
+
+def test_spurious_distractor_mode_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"mode='pixel' is not one of \('marker', 'distractor'\)"):
+        SpuriousDigitsDataModule(mode="pixel")

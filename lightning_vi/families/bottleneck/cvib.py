@@ -2,12 +2,15 @@
 Correlations for Aspect-Based Sentiment Analysis with Variational Information Bottleneck and
 Contrastive Learning", Sec. 3).
 
-Two networks with shared weights: the *original* MLP encoder and a *self-pruned* copy whose input and
-hidden units are multiplied by VIB masks ``z_l ~ N(mu_l, sigma_l^2)`` (Dai et al. 2018, "Compressing
+Two networks: the *original* MLP encoder and a *self-pruned* one whose input and hidden units are
+multiplied by VIB masks ``z_l ~ N(mu_l, sigma_l^2)`` (Dai et al. 2018, "Compressing
 Neural Networks using the Variational Information Bottleneck", Eq. 9-10), with the compression term
-``sum_units log(1 + mu^2 / sigma^2)``. Both feed one classifier; the representations of an example in the
-two networks form a positive pair and other examples in the batch are negatives (InfoNCE with
-temperature ``tau``, Sec. 3.3). Loss::
+``sum_units log(1 + mu^2 / sigma^2)``. By default the two networks have separate weights (same
+initialisation) and heads, as in the two optimised networks of the paper; ``shared_weights=True`` makes the
+pruned network a masked view of the original one. The representations of an example in the two networks
+form a positive pair and other examples in the batch are negatives (InfoNCE on cosine similarity with
+temperature ``tau``, Sec. 3.3); each network is pulled towards the other's *detached* representation, so
+``contrastive = nce(h_pruned, sg(h_orig)) + nce(sg(h_pruned), h_orig)``. Loss::
 
     ce_pruned + ce_original + beta * compression / num_units + gamma * contrastive
 
@@ -17,6 +20,7 @@ set to zero (the self-pruned network).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Union
 
@@ -64,6 +68,7 @@ class CVIB(VIModule):
         beta: weight of the per-unit compression KL (>= 0). gamma: weight of the contrastive loss (>= 0).
         tau: InfoNCE temperature (> 0). prune_threshold: ``log alpha`` below which a unit is pruned.
         prune_input: also mask (and so prune) input features, not only hidden units.
+        shared_weights: the pruned network reuses the original network's layers and head (False: copies).
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class CVIB(VIModule):
         tau: float = 0.5,
         prune_threshold: float = 0.0,
         prune_input: bool = True,
+        shared_weights: bool = False,
         plugins: list[Union[Plugin, str, dict]] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -95,6 +101,10 @@ class CVIB(VIModule):
         mask_dims = dims if prune_input else dims[1:]
         self.masks = nn.ModuleList(VIBMask(d) for d in mask_dims)  # (input units), then each hidden layer
         self.head = nn.Linear(dims[-1], num_classes)
+        self.shared_weights = shared_weights
+        # the original network: the same modules, or an identically initialised copy
+        self.orig_layers = self.layers if shared_weights else copy.deepcopy(self.layers)
+        self.orig_head = self.head if shared_weights else copy.deepcopy(self.head)
         self.beta, self.gamma, self.tau, self.prune_threshold = beta, gamma, tau, prune_threshold
         self.num_units = sum(mask_dims)
         self.term_weights = {"ce": 1.0, "ce_original": 1.0, "compression": beta / self.num_units,
@@ -103,7 +113,7 @@ class CVIB(VIModule):
     def represent(self, x: Tensor, pruned: bool, sample: bool = True) -> Tensor:
         h = x.flatten(1)
         off = 0 if self.prune_input else 1
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers if pruned else self.orig_layers):
             if pruned and i - off >= 0:
                 h = self.masks[i - off](h, sample, self.prune_threshold)
             h = F.relu(layer(h))
@@ -126,12 +136,14 @@ class CVIB(VIModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.predict_proba(x)
 
+    def nce(self, h_pruned: Tensor, h_orig: Tensor) -> Tensor:
+        """InfoNCE: pruned_i anchors, original_i its positive, original_j (j != i) negatives."""
+        logits = F.normalize(h_pruned, dim=-1) @ F.normalize(h_orig, dim=-1).T / self.tau
+        return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
     def contrastive(self, h_orig: Tensor, h_pruned: Tensor) -> Tensor:
-        """Symmetric InfoNCE: (original_i, pruned_i) positive, other batch members negative."""
-        a, b = F.normalize(h_orig, dim=-1), F.normalize(h_pruned, dim=-1)
-        logits = a @ b.T / self.tau
-        target = torch.arange(len(a), device=a.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        """Each network's InfoNCE against the other's detached representation (summed)."""
+        return self.nce(h_pruned, h_orig.detach()) + self.nce(h_pruned.detach(), h_orig)
 
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x, y = batch["x"], batch["y"]
@@ -140,7 +152,7 @@ class CVIB(VIModule):
         logits_p = self.head(h_p)
         return {
             "ce": F.cross_entropy(logits_p, y),
-            "ce_original": F.cross_entropy(self.head(h_o), y),
+            "ce_original": F.cross_entropy(self.orig_head(h_o), y),
             "compression": self.compression(),
             "contrastive": self.contrastive(h_o, h_p),
             "acc": (logits_p.argmax(-1) == y).float().mean(),
