@@ -60,7 +60,7 @@ def check_configs(steps: int, accelerator: str = "gpu") -> dict:
 
 def fp32_vs_bf16(epochs: int, accelerator: str = "gpu") -> dict:
     dev = "cuda" if accelerator == "gpu" else "cpu"
-    from overhead import make_model
+    from overhead import MODELS
 
     from lightning_vi.data import DigitsDataModule
     from lightning_vi.families.vae import VAE
@@ -70,7 +70,7 @@ def fp32_vs_bf16(epochs: int, accelerator: str = "gpu") -> dict:
         for precision in ("32-true", "bf16-mixed"):
             L.seed_everything(0, verbose=False)
             dm = DigitsDataModule(image_size=16, batch_size=128)
-            model = make_model()
+            model = VAE(**MODELS["conv"]["kwargs"])
             trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=epochs, logger=False,
                                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
             t0 = time.perf_counter()
@@ -122,7 +122,8 @@ def main() -> None:
     if "overhead" not in args.skip:
         import overhead
 
-        result["overhead"] = {p: overhead.run(5, 2, "cuda" if args.accelerator == "gpu" else "cpu", p, 64) for p in ("32-true", "bf16-mixed")}
+        dev = "cuda" if args.accelerator == "gpu" else "cpu"
+        result["overhead"] = {p: {m: overhead.run(m, 5, 2, dev, p) for m in overhead.MODELS} for p in ("32-true", "bf16-mixed")}
         save()
     print(json.dumps({k: v for k, v in result.items() if k != "configs_bf16"}, indent=2))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 from importlib.metadata import entry_points
@@ -119,10 +120,38 @@ class Registry:
         return None
 
     def listing(self) -> str:
-        """One line per registered name: ``name  class  description``."""
-        rows = [(n, _qualname(o), summary(o)) for n, o in self.items()]
+        """One line per registered name: ``name  description  [class]``, plus a note for an entry whose
+        optional dependency is not installed (it stays listed; using it raises :func:`require`'s message)."""
+        rows = []
+        for n, o in self.items():
+            missing = missing_requirements(o)
+            note = f"  (needs {', '.join(missing)}: {install_hint(missing)})" if missing else ""
+            rows.append((n, _qualname(o), summary(o) + note))
         w0 = max((len(r[0]) for r in rows), default=0)
         return "\n".join(f"{n:<{w0}}  {d}  [{q}]" for n, q, d in rows)
+
+
+#: Optional import name -> the ``lightning-vi`` extra that installs it.
+EXTRAS = {"torchsde": "sequence", "torchvision": "vision"}
+
+
+def missing_requirements(obj: Any) -> list[str]:
+    """Import names in ``obj.requires`` (a family's or plugin's optional dependencies) that are not installed."""
+    return [m for m in getattr(obj, "requires", ()) or () if importlib.util.find_spec(m) is None]
+
+
+def install_hint(modules: list[str]) -> str:
+    extras = sorted({EXTRAS[m] for m in modules if m in EXTRAS})
+    return f"pip install 'lightning-vi[{','.join(extras)}]'" if extras else f"pip install {' '.join(modules)}"
+
+
+def require(module: str, user: str) -> Any:
+    """Import an optional dependency where it is used; a missing one raises an ImportError that names
+    the user and the install command, e.g. ``fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{user} needs {module}: {install_hint([module])} ({err})") from None
 
 
 def _qualname(obj: Any) -> str:
