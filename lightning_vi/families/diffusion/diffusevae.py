@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_vi.core.checks import check_choice
 from lightning_vi.families.diffusion.ddpm import DDPM
+from lightning_vi.families.diffusion.guidance import guided
 from lightning_vi.families.diffusion.vae_checkpoint import load_vae
 from lightning_vi.registry import FAMILIES
 
@@ -78,17 +79,8 @@ class DiffuseVAE(DDPM):
         net = self.network(use_ema)
         w = self.hparams.cond_guidance_scale if guidance_scale is None else guidance_scale
         shift = x_hat if self.hparams.formulation == 2 else torch.zeros_like(x_hat)
-
-        def fn(r: Tensor, t: Tensor) -> Tensor:
-            x = r + shift
-            if w == 1.0:
-                return net(x, t, None, x_hat)
-            out = net(torch.cat([x, x]), torch.cat([t, t]), None, torch.cat([x_hat, torch.zeros_like(x_hat)]))
-            cond, uncond = out.chunk(2)
-            return uncond + w * (cond - uncond)
-
-        noise = torch.randn(x_hat.shape, generator=generator).to(x_hat.device)
-        return self.run_sampler(fn, noise, sampler, steps, generator) + shift
+        fn = guided(lambda x, t, c: net(x, t, None, c), x_hat, torch.zeros_like(x_hat), w)  # guidance on x_hat
+        return self.run_sampler(lambda r, t: fn(r + shift, t), tuple(x_hat.shape), sampler, steps, generator) + shift
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, **kw: Any) -> Tensor:
