@@ -22,10 +22,16 @@ FIX = Path(__file__).parent / "fixtures"
 MAKE_VAE = "make one with: lvi fit --config configs/vae/vae_iwae.yaml"
 
 
+class ProducerStaysEval(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        vae = getattr(pl_module, "vae", None)
+        assert vae is None or (not vae.training and not any(m.training for m in vae.modules()))
+
+
 def _fit(model, tmp_path, name, steps=3):
     L.seed_everything(0)
     data = {"x": torch.rand(96, 1, 8, 8, generator=torch.Generator().manual_seed(0))}
-    trainer = quiet_trainer(tmp_path, max_steps=steps)
+    trainer = quiet_trainer(tmp_path, max_steps=steps, callbacks=[ProducerStaysEval()])
     trainer.fit(model, DataLoader(TensorDictDataset(data), batch_size=32, collate_fn=lambda b: b))
     trainer.save_checkpoint(tmp_path / name)
     return tmp_path / name
@@ -54,6 +60,7 @@ def test_consumers_reload_without_the_producer_file(tmp_path):
     for name, model in consumers.items():
         paths[name] = _fit(model, tmp_path, f"{name}.ckpt")
         assert not model.vae.training and not any(p.requires_grad for p in model.vae.parameters())
+        assert model.train().training and not model.vae.training  # model.train() (plain loops) keeps it frozen
         assert not any(k.startswith("vae.") for k in [n for n, _ in model.named_parameters() if _.requires_grad])
         before[name] = _outputs(model)
     assert all(torch.equal(v, consumers["ldm"].vae.state_dict()[k]) for k, v in vae_before.items())  # frozen

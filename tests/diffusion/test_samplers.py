@@ -92,3 +92,14 @@ def test_sample_loop_visits_each_timestep_once_in_order():
         DDIMScheduler(NoiseSchedule(10), 5, eta=-1.0)
     with pytest.raises(ValueError, match="needs shape"):
         sample_loop(lambda x, t: x, rec)
+
+
+def test_flow_matching_guidance_is_the_cfg_combination():
+    from lightning_vi.families.diffusion.flow_matching import FlowMatching
+
+    torch.manual_seed(0)
+    fm = FlowMatching(hidden=16, depth=1, num_classes=3).eval()
+    x, t, c = torch.randn(4, 2), torch.rand(4), torch.tensor([0, 1, 2, 1])
+    vc, vu = fm.net(x, t, c), fm.net(x, t, torch.full_like(c, 3))
+    assert torch.allclose(fm.velocity_fn(c, 3, 2.5)(x, t), vu + 2.5 * (vc - vu), atol=1e-5)
+    assert torch.allclose(fm.velocity_fn(c, 3, 0.0)(x, t), vu, atol=1e-6)
