@@ -50,3 +50,18 @@ def test_config_runs_after_its_producer(path: Path, tmp_path: Path, monkeypatch)
         cli = build_cli(["fit", "--config", str(path), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
         assert cli.trainer.state.finished
         assert bool(cli.trainer.callback_metrics["train/loss"].isfinite())
+
+
+@pytest.mark.parametrize("path", CHAINED, ids=[str(p.relative_to(ROOT / "configs")) for p in CHAINED])
+def test_missing_producer_error_names_the_chain_producer(path: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without the producer's checkpoint, the error names the command of the first line (whose
+    checkpoint test_config_runs_after_its_producer shows to fit), not another producer."""
+    from lightning_vi.cli import main
+
+    producer = PRODUCER.match(path.read_text()).group(1)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["predict" if "lvi predict --config" in path.read_text() else "fit", "--config", str(path),
+              "--trainer.fast_dev_run", "true", "--trainer.logger", "false"])
+    err = capsys.readouterr().err
+    assert "does not exist" in err and f"make one with: lvi fit --config {producer}" in err, err

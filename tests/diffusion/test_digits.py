@@ -11,7 +11,7 @@ from lightning_vi.families.diffusion.diffusevae import DiffuseVAE
 from lightning_vi.families.diffusion.flow_matching import FlowMatching
 from lightning_vi.families.diffusion.latent_diffusion import LatentDiffusion
 from lightning_vi.families.diffusion.lmd import LMD, MASK_SCHEDULERS, mask_ratio
-from lightning_vi.families.diffusion.red_diff import REDDiff, make_operator
+from lightning_vi.families.diffusion.red_diff_solver import REDDiff, make_operator
 from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_classifier
 from lightning_vi.metrics.restoration import psnr, ssim
 from lightning_vi.metrics.sample_distances import mmd
@@ -75,9 +75,9 @@ def test_red_diff_restores_better_than_degraded(name, digits, digits_prior):
 
 @pytest.fixture(scope="module")
 def vae(vae_checkpoint):
-    from lightning_vi.families.diffusion.vae_checkpoint import load_vae
+    from lightning_vi.families.diffusion.latent_diffusion import producer_vae
 
-    return load_vae(vae_checkpoint, 8)
+    return producer_vae("latent_diffusion", vae_checkpoint, None, (1, 8, 8), 8)[0]
 
 
 def test_diffusevae_formulation2_reduces_to_1_with_zero_reconstruction():

@@ -30,11 +30,12 @@ def test_fit_and_reload(kind, tmp_path):
     imgs = {"x": torch.rand(192, 1, 8, 8), "y": torch.randint(0, 10, (192,))}
     if kind == "ddpm_unet_cond":
         model, data = DDPM(input_shape=[1, 8, 8], architecture="unet", channels=[8, 16], num_classes=10,
-                           prediction_type="v", beta_schedule="squaredcos_cap_v2", sample_steps=5, guidance_scale=2.0), imgs
+                           prediction_type="v", beta_schedule="squaredcos_cap_v2", sample_steps=5, guidance_scale=2.0,
+                           plugins=["ema"]), imgs
     elif kind == "ddpm_mlp":
-        model, data = DDPM(hidden=32, sample_steps=5, sampler="ddpm"), {"x": torch.randn(192, 2)}
+        model, data = DDPM(hidden=32, sample_steps=5, sampler="ddpm", plugins=[{"ema": {"decay": 0.9}}]), {"x": torch.randn(192, 2)}
     elif kind == "fm_noise":
-        model, data = FlowMatching(hidden=32, ema_decay=0.9, sample_steps=4), {"x": torch.randn(192, 2)}
+        model, data = FlowMatching(hidden=32, ema_decay=0.9, sample_steps=4), {"x": torch.randn(192, 2)}  # deprecated arg
     else:
         model, data = FlowMatching(input_shape=[1, 8, 8], mode="cross", source_key="y", source_dim=10,
                                    hidden=32, sample_steps=4, guidance_scale=2.0), imgs
@@ -47,7 +48,8 @@ def test_fit_and_reload(kind, tmp_path):
     torch.manual_seed(0)
     b = again.sample(6, generator=g())
     assert torch.equal(a, b)
-    if isinstance(model, DDPM) and model.ema_net is not None:
+    assert (model.ema_net is not None) == (kind != "fm_cross")
+    if model.ema_net is not None:
         assert not torch.equal(model.ema_net.state_dict()[next(iter(model.ema_net.state_dict()))],
                                model.net.state_dict()[next(iter(model.net.state_dict()))])
 

@@ -44,10 +44,11 @@ def _lvi_error(args, capsys) -> str:
 
 def test_red_diff_predict_bad_input(digits_prior_checkpoint, vae_checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert "prior_checkpoint='missing.ckpt' does not exist" in _lvi_error(
-        ["--model.init_args.prior_checkpoint", "missing.ckpt"], capsys)
-    assert f"prior_checkpoint={vae_checkpoint!r} is not a `ddpm` checkpoint" in _lvi_error(
-        ["--model.init_args.prior_checkpoint", vae_checkpoint], capsys)
+    make = "make one with: lvi fit --config configs/diffusion/ddpm_digits8.yaml"
+    err = _lvi_error(["--model.init_args.prior_checkpoint", "missing.ckpt"], capsys)
+    assert "prior_checkpoint='missing.ckpt' does not exist" in err and make in err
+    assert (f"prior_checkpoint={vae_checkpoint!r} was written by 'vae'; red_diff needs a 'ddpm' checkpoint; {make}"
+            in _lvi_error(["--model.init_args.prior_checkpoint", vae_checkpoint], capsys))
     err = _lvi_error(["--model.init_args.prior_checkpoint", digits_prior_checkpoint, "--data.init_args.image_size", "16"], capsys)
     assert "batch['x'] has shape (180, 1, 16, 16)" in err and "trained on images [1, 8, 8]" in err
     assert "operator='deblur' is not allowed" in _lvi_error(

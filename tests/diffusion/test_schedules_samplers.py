@@ -1,4 +1,4 @@
-"""Oracles for schedules, prediction-type conversions, DDPM/DDIM samplers and guidance."""
+"""Oracles for schedules, prediction-type conversions and guidance (samplers: test_samplers.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_vi.families.diffusion.ddim_sampler import ddim_sample, ddim_timesteps
-from lightning_vi.families.diffusion.ddpm_sampler import ddpm_sample
+from lightning_vi.families.diffusion.ddim_scheduler import ddim_timesteps
 from lightning_vi.families.diffusion.guidance import drop_condition, guided
 from lightning_vi.families.diffusion.schedules import NoiseSchedule, cosine_alpha_bar, make_betas
 
@@ -45,35 +44,6 @@ def test_add_noise_conversions_round_trip(pred):
     x_t = s.add_noise(x0, noise, t)
     x0_hat, eps_hat = s.split(s.target(x0, noise, t), x_t, t)
     assert torch.allclose(x0_hat, x0, atol=1e-9) and torch.allclose(eps_hat, noise, atol=1e-9)
-
-
-def test_timestep_spacings_match_diffusers():
-    assert ddim_timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
-    assert ddim_timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
-    assert ddim_timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
-
-
-def _perfect_eps(point, s):
-    """Exact noise predictor for the one-point data set {point}."""
-    def fn(x, t):
-        a = s._abar(t, x)
-        return (x - a.sqrt() * point) / (1 - a).sqrt()
-    return fn
-
-
-def test_ddim_eta0_deterministic_and_lands_on_point():
-    s = NoiseSchedule(1000, "linear")
-    point = torch.tensor([1.5, -0.7])
-    x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
-    out1 = ddim_sample(_perfect_eps(point, s), s, x_T, 50, eta=0.0, generator=torch.Generator().manual_seed(1))
-    out2 = ddim_sample(_perfect_eps(point, s), s, x_T, 50, eta=0.0, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(out1, out2)
-    assert torch.allclose(out1, point.expand_as(out1), atol=1e-4)
-    for spacing in ("trailing", "linspace"):
-        out = ddim_sample(_perfect_eps(point, s), s, x_T, 20, spacing=spacing)
-        assert torch.allclose(out, point.expand_as(out), atol=1e-4)
-    noisy = ddpm_sample(_perfect_eps(point, s), s, x_T, 100, generator=torch.Generator().manual_seed(3))
-    assert torch.allclose(noisy, point.expand_as(noisy), atol=1e-3)
 
 
 def test_guidance_combination_and_dropout():

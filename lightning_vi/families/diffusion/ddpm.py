@@ -1,15 +1,17 @@
 """DDPM family (Ho et al. 2020, "Denoising Diffusion Probabilistic Models"): the simple loss
 ``L_simple = E_{t, x0, eps} ||target - net(x_t, t)||^2`` (Eq. 14) with the target of the configured
-prediction type, EMA weights for sampling, and optional class conditioning with classifier-free
+prediction type, EMA weights for sampling and validation (the ``ema`` plugin), and optional class conditioning with classifier-free
 guidance (condition dropout during training; Ho & Salimans 2022, Alg. 1).
 
 Images use the small UNet of ``lightning_vi.nn.unet`` (``architecture: unet``), vectors (2D toys) or
-tiny images an MLP (``architecture: mlp``). Samples come from DDPM ancestral sampling or DDIM.
+tiny images an MLP (``architecture: mlp``). Samples come from one reverse loop
+(:func:`~lightning_vi.families.diffusion.sample_loop.sample_loop`) with a DDPM (ancestral) or DDIM
+scheduler.
 """
 
 from __future__ import annotations
 
-import copy
+import warnings
 from typing import Any, Union
 
 import torch
@@ -19,13 +21,56 @@ from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.module import VIModule
-from lightning_vi.families.diffusion.ddim_sampler import SPACINGS, ddim_sample
-from lightning_vi.families.diffusion.ddpm_sampler import ddpm_sample
+from lightning_vi.families.diffusion.ddim_scheduler import SPACINGS, DDIMScheduler
+from lightning_vi.families.diffusion.ddpm_scheduler import DDPMScheduler
 from lightning_vi.families.diffusion.guidance import drop_condition, guided
+from lightning_vi.families.diffusion.sample_loop import sample_loop
 from lightning_vi.families.diffusion.schedules import NoiseSchedule
 from lightning_vi.nn.unet import UNet, MLPDenoiser
 from lightning_vi.plugins.base import Plugin
+from lightning_vi.plugins.ema import EMA
 from lightning_vi.registry import FAMILIES
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+def make_scheduler(sampler: str, schedule: NoiseSchedule, steps: int, eta: float = 0.0,
+                   spacing: str = "leading") -> DDPMScheduler | DDIMScheduler:
+    """The scheduler named ``ddpm`` (ancestral, leading spacing) or ``ddim`` (``eta``, ``spacing``)."""
+    check_choice("sampler", sampler, SAMPLERS)
+    if sampler == "ddpm":
+        return DDPMScheduler(schedule, steps)
+    return DDIMScheduler(schedule, steps, eta, spacing)
+
+
+def plugins_with_ema(plugins: list | None, ema_decay: float | None, family: str) -> list:
+    """``plugins`` plus an :class:`EMA` plugin for the deprecated ``ema_decay`` argument (0 = none)."""
+    specs = list(plugins or [])
+    if ema_decay is None:
+        return specs
+    warnings.warn(f"{family}: ema_decay is deprecated and will be removed in the next release; use the ema plugin, "
+                  f"e.g. plugins: [{{class_path: ema, init_args: {{decay: {ema_decay}}}}}] (ema_decay=0: leave it out)",
+                  DeprecationWarning, stacklevel=3)
+    check_range("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
+    return specs + [EMA(decay=ema_decay)] if ema_decay > 0 else specs
+
+
+class EMANetwork:
+    """``network()``/``update_ema()`` over the ``ema`` plugin's copy ``ema_net`` of ``net`` (mixin)."""
+
+    ema_net: nn.Module | None
+
+    def network(self, use_ema: bool | None = None) -> nn.Module:
+        """The EMA copy in eval mode (if an ``ema`` plugin is attached) and the trained net in training."""
+        use_ema = (not self.training) if use_ema is None else use_ema
+        return self.ema_net if (use_ema and self.ema_net is not None) else self.net
+
+    def update_ema(self) -> None:
+        """One EMA step of every attached ``ema`` plugin (Lightning calls it after each training batch;
+        plain-PyTorch loops call this)."""
+        for p in self.plugins:
+            if isinstance(p, EMA):
+                p.update(self)
 
 
 def build_denoiser(architecture: str, data_shape: tuple[int, ...], hidden: int, depth: int, channels: list[int],
@@ -39,7 +84,7 @@ def build_denoiser(architecture: str, data_shape: tuple[int, ...], hidden: int, 
 
 
 @FAMILIES.register("ddpm")
-class DDPM(VIModule):
+class DDPM(EMANetwork, VIModule):
     """Denoising diffusion model with EMA and classifier-free guidance.
 
     Args:
@@ -48,7 +93,8 @@ class DDPM(VIModule):
         num_classes: 0 = unconditional; K > 0 = class-conditional on ``batch["y"]`` (null token K).
         p_uncond: probability of dropping the label in training (classifier-free guidance).
         num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type: see ``schedules``.
-        ema_decay: decay of the EMA copy used for sampling (0 = no EMA).
+        ema_decay: deprecated; use ``plugins: [{class_path: ema, init_args: {decay: 0.999}}]`` (the EMA
+            copy is used for sampling and validation).
         sampler: ``ddpm`` or ``ddim``; sample_steps: reverse steps; eta, timestep_spacing: DDIM.
         guidance_scale: classifier-free guidance weight at sampling (1 = plain conditional).
         data_scale, data_shift: the model works on ``(x - shift) / scale`` (e.g. 0.5, 0.5 maps
@@ -71,7 +117,7 @@ class DDPM(VIModule):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         prediction_type: str = "epsilon",
-        ema_decay: float = 0.999,
+        ema_decay: float | None = None,
         sampler: str = "ddim",
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -85,10 +131,10 @@ class DDPM(VIModule):
         lr: float = 1e-3,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        specs = plugins_with_ema(plugins, ema_decay, type(self).__name__)
+        super().__init__(plugins=specs, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
         check_range("num_classes", num_classes, 0)
-        check_range("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
-        check_choice("sampler", sampler, ("ddpm", "ddim"))
+        check_choice("sampler", sampler, SAMPLERS)
         check_choice("timestep_spacing", timestep_spacing, SPACINGS)
         check_range("data_scale", data_scale, 0.0, low_open=True)
         self.save_hyperparameters()
@@ -97,7 +143,7 @@ class DDPM(VIModule):
         self.data_shape = self.model_shape()
         self.num_classes = num_classes
         self.net = build_denoiser(architecture, self.data_shape, hidden, depth, list(channels), num_classes, self.cond_channels)
-        self.ema_net = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
+        self.ema_net = None  # set by the ema plugin
         self.term_weights = {"mse": 1.0}
 
     # -- hooks for subclasses ---------------------------------------------------------------------
@@ -112,25 +158,8 @@ class DDPM(VIModule):
         return z * self.hparams.data_scale + self.hparams.data_shift
 
     # -- network ---------------------------------------------------------------------------------
-    def network(self, use_ema: bool | None = None) -> nn.Module:
-        """The EMA copy in eval mode (if any) and the trained net in training."""
-        use_ema = (not self.training) if use_ema is None else use_ema
-        return self.ema_net if (use_ema and self.ema_net is not None) else self.net
-
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
         return self.network()(x_t, t, y, cond)
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        if self.ema_net is None:
-            return
-        d = self.hparams.ema_decay
-        for pe, p in zip(self.ema_net.parameters(), self.net.parameters()):
-            pe.lerp_(p.detach(), 1 - d)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.update_ema()
-        super().on_train_batch_end(outputs, batch, batch_idx)
 
     # -- training --------------------------------------------------------------------------------
     def diffusion_loss(self, x0: Tensor, y: Tensor | None = None, cond: Tensor | None = None,
@@ -146,7 +175,7 @@ class DDPM(VIModule):
             x_t = x_t + shift
         if y is not None and self.num_classes > 0:
             y = drop_condition(y, self.hparams.p_uncond, self.num_classes)
-        out = self.net(x_t, t, y if self.num_classes > 0 else None, cond)
+        out = self.network()(x_t, t, y if self.num_classes > 0 else None, cond)  # EMA copy in validation
         return F.mse_loss(out, self.schedule.target(x0, noise, t))
 
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -162,15 +191,16 @@ class DDPM(VIModule):
         return guided(lambda x, t, yy: net(x, t, yy, cond if x.shape[0] == y.shape[0] else cond2), y,
                       self.num_classes, guidance_scale)
 
-    def run_sampler(self, fn, x_T: Tensor, sampler: str | None, steps: int | None, generator: torch.Generator | None,
-                    eta: float | None = None) -> Tensor:
-        sampler = sampler or self.hparams.sampler
-        check_choice("sampler", sampler, ("ddpm", "ddim"))
-        steps = steps or self.hparams.sample_steps
-        if sampler == "ddpm":
-            return ddpm_sample(fn, self.schedule, x_T, steps, generator)
-        return ddim_sample(fn, self.schedule, x_T, steps, self.hparams.eta if eta is None else eta,
-                           self.hparams.timestep_spacing, generator)
+    def scheduler(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None):
+        """The configured scheduler; arguments override ``sampler``/``sample_steps``/``eta``."""
+        h = self.hparams
+        return make_scheduler(sampler or h.sampler, self.schedule, steps or h.sample_steps,
+                              h.eta if eta is None else eta, h.timestep_spacing)
+
+    def run_sampler(self, fn, shape: tuple[int, ...], sampler: str | None, steps: int | None,
+                    generator: torch.Generator | None, eta: float | None = None) -> Tensor:
+        """``x_T ~ N(0, I)`` of ``shape`` (from ``generator``) through the reverse loop with ``fn``."""
+        return sample_loop(fn, self.scheduler(sampler, steps, eta), shape, generator, self.device)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, y: Tensor | None = None,
@@ -181,6 +211,5 @@ class DDPM(VIModule):
         if self.num_classes > 0 and y is None:
             y = torch.arange(n, device=self.device) % self.num_classes
         scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-        x_T = torch.randn((n, *self.data_shape), generator=generator).to(self.device)
         fn = self.model_fn(y, scale, use_ema=use_ema)
-        return self.from_model_space(self.run_sampler(fn, x_T, sampler, steps, generator, eta))
+        return self.from_model_space(self.run_sampler(fn, (n, *self.data_shape), sampler, steps, generator, eta))

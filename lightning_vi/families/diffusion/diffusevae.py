@@ -22,41 +22,50 @@ from torch import Tensor
 
 from lightning_vi.core.checks import check_choice
 from lightning_vi.families.diffusion.ddpm import DDPM
-from lightning_vi.families.diffusion.vae_checkpoint import load_vae
+from lightning_vi.families.diffusion.guidance import guided
+from lightning_vi.families.diffusion.latent_diffusion import producer_vae
+from lightning_vi.families.diffusion.producer import FrozenProducers
 from lightning_vi.registry import FAMILIES
 
 
 @FAMILIES.register("diffusevae")
-class DiffuseVAE(DDPM):
+class DiffuseVAE(FrozenProducers, DDPM):
     """DDPM refining VAE reconstructions (see :class:`DDPM` for the diffusion args).
 
     Args:
-        vae_checkpoint: path of a trained ``VAE`` checkpoint (``""`` = no VAE: pass ``x_hat``
-            explicitly to ``objective``/``generate``, e.g. in tests).
+        vae_checkpoint: path of a trained ``vae`` checkpoint, read at the first build (``""`` = no VAE:
+            pass ``x_hat`` explicitly to ``objective``/``generate``, e.g. in tests). The VAE is then a
+            frozen submodule, saved in this model's checkpoints.
+        vae_config: written at the first build (see :class:`LatentDiffusion`); leave it unset.
         formulation: 1 or 2 (see the module docstring). input_shape: image shape.
         p_cond_drop: probability of zeroing ``x_hat`` for the network in training (guidance).
         cond_guidance_scale: guidance weight on ``x_hat`` at sampling (1 = plain conditional).
     """
 
     cond_channels = 1
+    producers = ("vae",)
 
     def __init__(self, vae_checkpoint: str = "", formulation: int = 1, input_shape: list[int] = (1, 8, 8),
-                 p_cond_drop: float = 0.0, cond_guidance_scale: float = 1.0, **kwargs: Any) -> None:
+                 p_cond_drop: float = 0.0, cond_guidance_scale: float = 1.0, vae_config: dict | None = None,
+                 **kwargs: Any) -> None:
         check_choice("formulation", formulation, (1, 2))
-        self._vae = [load_vae(vae_checkpoint, None, tuple(input_shape))] if vae_checkpoint else [None]
+        vae, spec = (producer_vae("diffusevae", vae_checkpoint, vae_config, input_shape, None)
+                     if vae_checkpoint or vae_config else (None, None))
         super().__init__(input_shape=input_shape, **kwargs)
         self.save_hyperparameters()
+        self.hparams["vae_config"] = spec
+        self.vae = vae
 
-    @property
-    def vae(self):
-        if self._vae[0] is None:
-            raise RuntimeError("DiffuseVAE was built without vae_checkpoint; pass x_hat explicitly")
-        return self._vae[0].to(self.device)
+    def _require_vae(self):
+        if self.vae is None:
+            raise RuntimeError("DiffuseVAE was built without vae_checkpoint; pass x_hat explicitly "
+                               "(objective: batch['x_hat']; generate(x_hat))")
+        return self.vae
 
     def reconstruction(self, x: Tensor) -> Tensor:
         """``x_hat`` in model space: the VAE's reconstruction of ``x``."""
         with torch.no_grad():
-            return self.to_model_space(self.vae(x))
+            return self.to_model_space(self._require_vae()(x))
 
     def _drop(self, cond: Tensor) -> Tensor:
         p = self.hparams.p_cond_drop
@@ -78,20 +87,11 @@ class DiffuseVAE(DDPM):
         net = self.network(use_ema)
         w = self.hparams.cond_guidance_scale if guidance_scale is None else guidance_scale
         shift = x_hat if self.hparams.formulation == 2 else torch.zeros_like(x_hat)
-
-        def fn(r: Tensor, t: Tensor) -> Tensor:
-            x = r + shift
-            if w == 1.0:
-                return net(x, t, None, x_hat)
-            out = net(torch.cat([x, x]), torch.cat([t, t]), None, torch.cat([x_hat, torch.zeros_like(x_hat)]))
-            cond, uncond = out.chunk(2)
-            return uncond + w * (cond - uncond)
-
-        noise = torch.randn(x_hat.shape, generator=generator).to(x_hat.device)
-        return self.run_sampler(fn, noise, sampler, steps, generator) + shift
+        fn = guided(lambda x, t, c: net(x, t, None, c), x_hat, torch.zeros_like(x_hat), w)  # guidance on x_hat
+        return self.run_sampler(lambda r, t: fn(r + shift, t), tuple(x_hat.shape), sampler, steps, generator) + shift
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, **kw: Any) -> Tensor:
         """z ~ N(0, I) -> VAE decode -> refinement; returns data-space images."""
-        x_hat = self.to_model_space(self.vae.sample(n, generator=generator).to(self.device))
+        x_hat = self.to_model_space(self._require_vae().sample(n, generator=generator).to(self.device))
         return self.from_model_space(self.generate(x_hat, generator, **kw))

@@ -17,19 +17,19 @@ ODE sampling from t = 0 to 1 with ``euler`` or ``midpoint`` steps.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.distributions import gaussian_kl_per_dim
 from lightning_vi.core.module import VIModule
-from lightning_vi.families.diffusion.ddpm import build_denoiser
+from lightning_vi.families.diffusion.ddpm import EMANetwork, build_denoiser, plugins_with_ema
+from lightning_vi.families.diffusion.guidance import guided
 from lightning_vi.nn import MLP
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
@@ -61,7 +61,7 @@ def integrate(velocity, x0: Tensor, steps: int, solver: str = "euler") -> Tensor
 
 
 @FAMILIES.register("flow_matching")
-class FlowMatching(VIModule):
+class FlowMatching(EMANetwork, VIModule):
     """Conditional flow matching, noise-to-data or source-to-target (CrossFlow).
 
     Args:
@@ -71,7 +71,8 @@ class FlowMatching(VIModule):
             (or number of classes when the source is integer labels). encoder_hidden: encoder widths.
         kl_weight: weight of the encoder's KL. p_uncond: CFG indicator dropout.
         num_classes: class labels for noise mode (0 = none). guidance_scale, solver, sample_steps.
-        ema_decay: EMA of the velocity net for sampling.
+        ema_decay: deprecated; use ``plugins: [{class_path: ema, init_args: {decay: 0.999}}]`` (EMA of
+            the velocity net, used for sampling and validation).
     """
 
     def __init__(
@@ -92,20 +93,20 @@ class FlowMatching(VIModule):
         guidance_scale: float = 1.0,
         solver: str = "euler",
         sample_steps: int = 50,
-        ema_decay: float = 0.0,
+        ema_decay: float | None = None,
         plugins: list[Union[Plugin, str, dict]] | None = None,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr: float = 1e-3,
         check_finite: bool = True,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        specs = plugins_with_ema(plugins, ema_decay, type(self).__name__)
+        super().__init__(plugins=specs, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
         check_choice("mode", mode, ("noise", "cross"))
         check_choice("source_encoder", source_encoder, ("variational", "identity"))
         check_choice("solver", solver, SOLVERS)
         check_range("p_uncond", p_uncond, 0.0, 1.0)
         check_range("sample_steps", sample_steps, 1)
-        check_range("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
         if mode == "cross" and source_encoder == "variational":
             check_range("source_dim", source_dim, 1)
         self.save_hyperparameters()
@@ -115,25 +116,12 @@ class FlowMatching(VIModule):
         n_cls = 1 if mode == "cross" else num_classes
         self.num_classes = num_classes if mode == "noise" else 0
         self.net = build_denoiser(architecture, self.input_shape, hidden, depth, list(channels), n_cls, time_scale=1000.0)
-        self.ema_net = copy.deepcopy(self.net).requires_grad_(False) if ema_decay > 0 else None
+        self.ema_net = None  # set by the ema plugin
         self.encoder = (MLP(source_dim, list(encoder_hidden), 2 * self.d)
                         if mode == "cross" and source_encoder == "variational" else None)
         self.term_weights = {"fm": 1.0, "kl": kl_weight}
 
     # -- pieces ----------------------------------------------------------------------------------
-    def network(self) -> nn.Module:
-        return self.ema_net if (self.ema_net is not None and not self.training) else self.net
-
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        if self.ema_net is not None:
-            for pe, p in zip(self.ema_net.parameters(), self.net.parameters()):
-                pe.lerp_(p.detach(), 1 - self.hparams.ema_decay)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.update_ema()
-        super().on_train_batch_end(outputs, batch, batch_idx)
-
     def source_features(self, source: Tensor) -> Tensor:
         if not source.is_floating_point():
             return F.one_hot(source.long(), self.hparams.source_dim).float()
@@ -174,23 +162,16 @@ class FlowMatching(VIModule):
             if self.hparams.p_uncond > 0:  # indicator 0: flow to a random target, not the paired one
                 x1 = torch.where(uncond.view(-1, *([1] * (x1.ndim - 1))), x1[torch.randperm(B, device=x1.device)], x1)
         x_t, u = straight_path(x0, x1, t)
-        out["fm"] = F.mse_loss(self.net(x_t, t, c), u)
+        out["fm"] = F.mse_loss(self.network()(x_t, t, c), u)  # EMA copy in validation
         return out
 
     # -- sampling --------------------------------------------------------------------------------
     def velocity_fn(self, c: Tensor | None, null: int | None, scale: float):
+        """``(x, t) -> v``, with classifier-free guidance ``v_null + scale (v_c - v_null)`` when ``c`` is given."""
         net = self.network()
-        if c is None or scale == 1.0:
-            return lambda x, t: net(x, t, c)
-        nul = torch.full_like(c, null)
-        if scale == 0.0:
-            return lambda x, t: net(x, t, nul)
-
-        def fn(x: Tensor, t: Tensor) -> Tensor:
-            v = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([c, nul]))
-            vc, vu = v.chunk(2)
-            return vu + scale * (vc - vu)
-        return fn
+        if c is None:
+            return lambda x, t: net(x, t, None)
+        return guided(net, c, null, scale)
 
     @torch.no_grad()
     def transport(self, x0: Tensor, c: Tensor | None = None, null: int | None = None, steps: int | None = None,

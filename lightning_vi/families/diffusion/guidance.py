@@ -25,13 +25,16 @@ def drop_condition(y: Tensor, p_uncond: float, null_value: int, generator: torch
     return torch.where(drop, torch.full_like(y, null_value), y)
 
 
-def guided(model_fn: Callable[[Tensor, Tensor, Tensor], Tensor], y: Tensor, null_value: int,
+def guided(model_fn: Callable[[Tensor, Tensor, Tensor], Tensor], y: Tensor, null_value: int | Tensor,
            scale: float) -> Callable[[Tensor, Tensor], Tensor]:
-    """``(x, t) -> uncond + scale * (cond - uncond)``, both passes in one batched call."""
+    """``(x, t) -> uncond + scale * (cond - uncond)``, both passes in one batched call.
+
+    ``y`` is the condition (labels, an indicator, or a conditioning tensor such as DiffuseVAE's ``x_hat``);
+    ``null_value`` the null token (an int) or the null condition (a tensor shaped like ``y``)."""
     check_range("guidance_scale", scale, 0.0)
     if scale == 1.0:
         return lambda x, t: model_fn(x, t, y)
-    null = torch.full_like(y, null_value)
+    null = null_value if isinstance(null_value, Tensor) else torch.full_like(y, null_value)
     if scale == 0.0:
         return lambda x, t: model_fn(x, t, null)
 

@@ -1,7 +1,7 @@
 """Latent diffusion (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion
 Models", Eq. 2): the DDPM loss on ``z = E(x) / latent_scale`` of a frozen, trained VAE; samples are
-decoded by the VAE. The VAE checkpoint is given by path (``vae_checkpoint``); ``latent_dim`` must
-match it.
+decoded by the VAE. The VAE checkpoint is read by path (``vae_checkpoint``) at the first build only;
+the VAE is then a frozen submodule (see :mod:`producer`), so the model's own checkpoint is complete.
 """
 
 from __future__ import annotations
@@ -12,30 +12,41 @@ import torch
 from torch import Tensor
 
 from lightning_vi.families.diffusion.ddpm import DDPM
-from lightning_vi.families.diffusion.vae_checkpoint import load_vae
+from lightning_vi.families.diffusion.producer import FrozenProducers, build_producer, read_producer, vae_make_command
 from lightning_vi.registry import FAMILIES
 
 
+def producer_vae(consumer: str, vae_checkpoint: str, vae_config: dict | None, input_shape, latent_dim: int | None):
+    """``(frozen VAE, spec)``: rebuilt from ``vae_config`` (a stored spec) or read from ``vae_checkpoint``."""
+    if vae_config:
+        return build_producer(vae_config), dict(vae_config)
+    shapes = {"input_shape": list(input_shape)} | ({} if latent_dim is None else {"latent_dim": int(latent_dim)})
+    return read_producer(vae_checkpoint, arg="vae_checkpoint", consumer=consumer, families=("vae",),
+                         make=vae_make_command(input_shape, latent_dim), shapes=shapes)
+
+
 @FAMILIES.register("latent_diffusion")
-class LatentDiffusion(DDPM):
+class LatentDiffusion(FrozenProducers, DDPM):
     """DDPM over the posterior means of a trained VAE (see :class:`DDPM` for the diffusion args).
 
     Args:
-        vae_checkpoint: path of a ``VAE`` checkpoint. latent_dim: its latent size (checked).
+        vae_checkpoint: path of a ``vae`` checkpoint (read at the first build). latent_dim: its latent
+            size (checked). input_shape: image shape (checked).
         latent_scale: latents are divided by this before diffusion (LDM's scale factor).
-        input_shape: image shape (checked against the VAE).
+        vae_config: written at the first build (the VAE's family, class path and hyper-parameters);
+            leave it unset. With it the VAE is rebuilt without ``vae_checkpoint``.
     """
 
+    producers = ("vae",)
+
     def __init__(self, vae_checkpoint: str = "", latent_dim: int = 8, latent_scale: float = 1.0,
-                 input_shape: list[int] = (1, 8, 8), **kwargs: Any) -> None:
-        self._vae = [load_vae(vae_checkpoint, latent_dim, tuple(input_shape))]  # list: not a submodule
+                 input_shape: list[int] = (1, 8, 8), vae_config: dict | None = None, **kwargs: Any) -> None:
+        vae, spec = producer_vae("latent_diffusion", vae_checkpoint, vae_config, input_shape, latent_dim)
         self._latent_dim = int(latent_dim)
         super().__init__(input_shape=input_shape, **kwargs)
         self.save_hyperparameters()
-
-    @property
-    def vae(self):
-        return self._vae[0].to(self.device)
+        self.hparams["vae_config"] = spec
+        self.vae = vae
 
     def model_shape(self) -> tuple[int, ...]:
         return (self._latent_dim,)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.module import VIModule
-from lightning_vi.families.diffusion.vae_checkpoint import load_vae
+from lightning_vi.families.diffusion.latent_diffusion import producer_vae
+from lightning_vi.families.diffusion.producer import FrozenProducers
 from lightning_vi.nn import MLP
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
@@ -50,38 +51,40 @@ def random_mask(shape: tuple[int, int], ratio: float, device=None, generator: to
 
 
 @FAMILIES.register("lmd")
-class LMD(VIModule):
+class LMD(FrozenProducers, VIModule):
     """Progressive latent masking over a frozen VAE's latents.
 
     Args:
-        vae_checkpoint: trained ``VAE`` path; latent_dim must match it. input_shape: image shape.
+        vae_checkpoint: trained ``vae`` path, read at the first build; latent_dim and input_shape must
+            match it. The VAE is then a frozen submodule, saved in this model's checkpoints.
+        vae_config: written at the first build (see :class:`LatentDiffusion`); leave it unset.
         mask_scheduler: ``linear``/``cosine``/``piecewise``; mask_start, mask_end: r0, r1;
         num_stages: piecewise levels; total_steps: steps over which the schedule runs.
         hidden_dims: widths of the latent reconstruction MLP.
     """
 
+    producers = ("vae",)
+
     def __init__(self, vae_checkpoint: str = "", latent_dim: int = 8, input_shape: list[int] = (1, 8, 8),
                  mask_scheduler: str = "linear", mask_start: float = 0.1, mask_end: float = 0.75, num_stages: int = 4,
                  total_steps: int = 1000, hidden_dims: list[int] = (256, 256),
                  plugins: list[Union[Plugin, str, dict]] | None = None, optimizer: OptimizerCallable | None = None,
-                 lr_scheduler: LRSchedulerCallable | None = None, lr: float = 1e-3, check_finite: bool = True) -> None:
-        # load the VAE before our own __init__ runs (Lightning's save_hyperparameters inspects the call stack)
-        self._vae = [load_vae(vae_checkpoint, latent_dim, tuple(input_shape))]
+                 lr_scheduler: LRSchedulerCallable | None = None, lr: float = 1e-3, check_finite: bool = True,
+                 vae_config: dict | None = None) -> None:
+        vae, spec = producer_vae("lmd", vae_checkpoint, vae_config, input_shape, latent_dim)
         super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
         check_choice("mask_scheduler", mask_scheduler, MASK_SCHEDULERS)
         check_range("mask_start", mask_start, 0.0, 1.0)
         check_range("mask_end", mask_end, mask_start, 1.0)
         check_range("total_steps", total_steps, 1)
         self.save_hyperparameters()
+        self.hparams["vae_config"] = spec
+        self.vae = vae
         self.input_shape = tuple(int(s) for s in input_shape)
         self.latent_dim = latent_dim
         self.mask_token = nn.Parameter(torch.zeros(latent_dim))
         self.net = MLP(2 * latent_dim, list(hidden_dims), latent_dim, act="silu")
         self.term_weights = {"masked_mse": 1.0}
-
-    @property
-    def vae(self):
-        return self._vae[0].to(self.device)
 
     def current_ratio(self) -> float:
         h = self.hparams

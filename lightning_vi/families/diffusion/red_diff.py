@@ -1,118 +1,102 @@
-"""RED-Diff (Mardani et al. 2024, "A Variational Perspective on Solving Inverse Problems with
-Diffusion Models"): restore ``x`` from ``y = A(x) + noise`` by fitting a point-mass variational
-distribution ``q(x0 | y) = delta(mu)`` with Adam over ``mu``, descending in diffusion time t.
+"""RED-Diff as a registered family, so that ``lvi predict`` restores images with a trained DDPM prior
+(Mardani et al. 2024; the solver, Eq. 11 and the SNR weighting are in :mod:`red_diff_solver`).
 
-Per step (Algorithm 1): draw ``eps``, ``x_t = sqrt(abar_t) mu + sqrt(1 - abar_t) eps`` and minimise::
+Each predict batch of clean images ``x`` is degraded, ``y = A(x) + sigma_y * noise``, and restored;
+``predict_step`` returns ``{"restored", "degraded", "clean"}`` (``degraded`` is the operator's
+back-projection of ``y``, the baseline a restoration must beat). Write them with
+``lightning_vi.callbacks.NpzPredictionWriter``::
 
-    loss(mu) = mean ||y - A(mu)||^2 / 2  +  lam * mean(w_t * sg[eps_hat(x_t, t) - eps] * mu)     (Eq. 11)
-
-The stop-gradient makes the regularizer's gradient exactly ``lam * w_t * (eps_hat - eps)``: no
-denoiser Jacobian (the score-distillation form of the diffusion prior). The weight is the inverse
-square-root SNR ``w_t = sqrt((1 - abar_t) / abar_t) = sigma_t / alpha_t`` (Sec. 4.3, "SNR weighting").
-
-Operators (on data-space images ``[B, C, H, W]``): ``inpainting`` (a fixed binary mask),
-``super_resolution`` (``factor``-fold average pooling) and ``denoising`` (identity; the noise level is
-``sigma_y``). Python use::
-
-    solver = REDDiff(ddpm_model, make_operator("super_resolution", factor=2), steps=200)
-    x_restored = solver.restore(y)
+    lvi predict --config configs/diffusion/red_diff_digits.yaml --model.init_args.prior_checkpoint PRIOR.ckpt
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.core.checks import check_range
+from lightning_vi.core.module import VIModule
+from lightning_vi.families.diffusion.ddpm import DDPM
+from lightning_vi.families.diffusion.producer import FrozenProducers, build_producer, read_producer
+from lightning_vi.families.diffusion.red_diff_solver import OPERATORS, REDDiff, make_operator
+from lightning_vi.registry import FAMILIES
 
-OPERATORS = ("inpainting", "super_resolution", "denoising")
+__all__ = ["REDDiffRestorer", "REDDiff", "make_operator", "load_prior"]
 
-
-class Operator:
-    """A forward operator ``A`` with a simple back-projection used to initialise ``mu``."""
-
-    def __init__(self, name: str, forward: Callable[[Tensor], Tensor], init: Callable[[Tensor], Tensor]) -> None:
-        self.name, self._forward, self._init = name, forward, init
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return self._forward(x)
-
-    def initial(self, y: Tensor) -> Tensor:
-        return self._init(y)
+MAKE_PRIOR = "lvi fit --config configs/diffusion/ddpm_digits8.yaml"
 
 
-def make_operator(name: str, factor: int = 2, mask: Tensor | None = None) -> Operator:
-    """``inpainting`` (``mask``: 1 = observed, broadcast over the batch), ``super_resolution``
-    (``factor``), or ``denoising``."""
-    check_choice("operator", name, OPERATORS)
-    if name == "denoising":
-        return Operator(name, lambda x: x, lambda y: y)
-    if name == "super_resolution":
-        check_range("factor", factor, 1)
-        return Operator(name, lambda x: F.avg_pool2d(x, factor),
-                        lambda y: F.interpolate(y, scale_factor=factor, mode="nearest"))
-    if mask is None:
-        raise ValueError("operator='inpainting' needs mask (a 0/1 tensor shaped like one image)")
-    m = mask.float()
-    fill = 0.5
-    return Operator(name, lambda x: x * m.to(x), lambda y: y * m.to(y) + fill * (1 - m.to(y)))
+def load_prior(path: str, prior_config: dict | None = None) -> tuple[DDPM, dict]:
+    """``(frozen image DDPM, spec)`` from ``prior_config`` (stored spec) or ``prior_checkpoint``; clear
+    errors for a missing file, a checkpoint of another family, or a prior that is not on images."""
+    if prior_config:
+        return build_producer(prior_config), dict(prior_config)
+    prior, spec = read_producer(path, arg="prior_checkpoint", consumer="red_diff", families=("ddpm",), make=MAKE_PRIOR)
+    if len(prior.input_shape) != 3:
+        raise ValueError(f"prior_checkpoint={path!r} has input_shape {list(prior.input_shape)}; RED-Diff's "
+                         f"operators need an image prior with input_shape [C, H, W]; make one with: {MAKE_PRIOR}")
+    return prior, spec
 
 
-class REDDiff:
-    """The solver. ``model`` is a trained :class:`DDPM` (any prediction type); ``model_fn`` and
-    ``schedule`` come from it. Images are in data space; ``mu`` lives in the model's space.
+@FAMILIES.register("red_diff")
+class REDDiffRestorer(FrozenProducers, VIModule):
+    """Restore degraded images with RED-Diff (``lvi predict``); nothing to train.
 
     Args:
-        operator: from :func:`make_operator`. sigma_y: measurement noise std (data space), recorded
-            for reference; the data term is the paper's unnormalized one (weight 1).
-        lam: regularization weight. steps: Adam steps (t descends linearly from ``t_max`` to ``t_min``).
-        lr: Adam learning rate on ``mu``. weighting: ``sqrt_inv_snr`` (paper) or ``constant``.
+        prior_checkpoint: path of a trained ``ddpm`` checkpoint on the same images (read at the first
+            build; the prior is then a frozen submodule). prior_config: written at the first build.
+        operator: ``inpainting``, ``super_resolution`` or ``denoising``.
+        factor: super-resolution factor. observed_fraction, mask_seed: the fixed random inpainting
+            mask (fraction of pixels observed, and its seed).
+        sigma_y: measurement noise std added to ``A(x)`` (data space).
+        lam, steps, weighting, t_max, t_min: see :class:`REDDiff` (``sqrt_inv_snr`` = the paper's SNR weighting).
+        lr: Adam learning rate on the mean ``mu``. seed: measurement noise and solver noise (per batch: seed + index).
     """
 
-    def __init__(self, model, operator: Operator, sigma_y: float = 0.05, lam: float = 0.25, steps: int = 200,
-                 lr: float = 0.2, t_max: int | None = None, t_min: int = 0, weighting: str = "sqrt_inv_snr") -> None:
-        check_range("sigma_y", sigma_y, 0.0, low_open=True)
-        check_range("lam", lam, 0.0)
-        check_range("steps", steps, 1)
-        check_range("lr", lr, 0.0, low_open=True)
-        check_choice("weighting", weighting, ("sqrt_inv_snr", "constant"))
-        self.model, self.op, self.sigma_y, self.lam, self.steps, self.lr = model, operator, sigma_y, lam, steps, lr
-        T = model.schedule.num_train_timesteps
-        self.t_max = T - 1 if t_max is None else t_max
-        check_range("t_max", self.t_max, 0, T - 1)
-        check_range("t_min", t_min, 0, self.t_max)
-        self.t_min, self.weighting = t_min, weighting
+    producers = ("prior",)
 
-    def weight(self, t: int) -> Tensor:
-        """``w_t = sqrt((1 - abar_t) / abar_t)`` (or 1)."""
-        a = self.model.schedule.alphas_cumprod[t]
-        return (1 - a).sqrt() / a.sqrt() if self.weighting == "sqrt_inv_snr" else torch.ones(())
+    def __init__(self, prior_checkpoint: str = "", operator: str = "inpainting", factor: int = 2,
+                 observed_fraction: float = 0.5, mask_seed: int = 1, sigma_y: float = 0.01, lam: float = 0.25,
+                 steps: int = 150, lr: float = 0.2, weighting: str = "sqrt_inv_snr", t_max: int | None = None,
+                 t_min: int = 0, seed: int = 0, prior_config: dict | None = None) -> None:
+        super().__init__(lr=lr)
+        if operator not in OPERATORS:
+            raise ValueError(f"operator={operator!r} is not allowed; choose one of {list(OPERATORS)}")
+        check_range("observed_fraction", observed_fraction, 0.0, 1.0)
+        prior, spec = load_prior(prior_checkpoint, prior_config)
+        self.save_hyperparameters()
+        self.hparams["prior_config"] = spec
+        self.prior = prior
+        c, h, w = self.prior.input_shape
+        if operator == "super_resolution" and (h % factor or w % factor):
+            raise ValueError(f"factor={factor!r} must divide the prior's image size {h}x{w}")
+        mask = (torch.rand(1, h, w, generator=torch.Generator().manual_seed(mask_seed)) < observed_fraction).float()
+        self.register_buffer("mask", mask, persistent=False)
+        self.operator = make_operator(operator, factor=factor, mask=self.mask if operator == "inpainting" else None)
+        self.solver = REDDiff(self.prior, self.operator, sigma_y=sigma_y, lam=lam, steps=steps, lr=lr,
+                              t_max=t_max, t_min=t_min, weighting=weighting)
 
-    def regularizer(self, mu: Tensor, t: int, noise: Tensor) -> Tensor:
-        """``lam * w_t * <sg[eps_hat - eps], mu>``, summed over the batch."""
-        s = self.model.schedule
-        x_t = s.add_noise(mu, noise, t)
-        fn = self.model.model_fn(None, 1.0)
-        with torch.no_grad():
-            _, eps_hat = s.split(fn(x_t, torch.full((mu.shape[0],), t, device=mu.device)), x_t, t)
-        return self.lam * self.weight(t).to(mu) * ((eps_hat - noise).detach() * mu).sum()
+    def objective(self, batch: Any) -> dict[str, Tensor]:
+        raise RuntimeError("red_diff has nothing to train; run `lvi predict` (train the prior with `lvi fit` on `ddpm`)")
 
-    def data_term(self, mu: Tensor, y: Tensor) -> Tensor:
-        return ((y - self.op(self.model.from_model_space(mu))) ** 2).sum() / 2
+    def degrade(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The measurement ``y = A(x) + sigma_y * noise``."""
+        ax = self.operator(x)
+        return ax + self.hparams.sigma_y * torch.randn(ax.shape, generator=generator).to(ax)
 
-    def restore(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Restored data-space images from measurements ``y``."""
-        model = self.model.eval()
-        mu = model.to_model_space(self.op.initial(y)).detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([mu], lr=self.lr)
-        ts = torch.linspace(self.t_max, self.t_min, self.steps).round().long().tolist()
-        for t in ts:
-            noise = torch.randn(mu.shape, generator=generator).to(mu)
-            loss = self.data_term(mu, y) / y.numel() + self.regularizer(mu, t, noise) / mu.numel()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return model.from_model_space(mu.detach())
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        x = batch["x"] if isinstance(batch, dict) else batch
+        if tuple(x.shape[1:]) != tuple(self.prior.input_shape):
+            raise ValueError(
+                f"batch['x'] has shape {tuple(x.shape)}, but prior_checkpoint={self.hparams.prior_checkpoint!r} "
+                f"was trained on images {list(self.prior.input_shape)}; use data of that size "
+                f"(e.g. --data.init_args.image_size {self.prior.input_shape[-1]})")
+        # Lightning predicts under inference mode; RED-Diff needs gradients with respect to the mean.
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.clone()
+            g = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
+            y = self.degrade(x, g)
+            restored = self.solver.restore(y, generator=g)
+            return {"restored": restored.detach(), "degraded": self.operator.initial(y).detach(), "clean": x}

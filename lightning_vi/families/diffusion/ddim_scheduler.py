@@ -1,4 +1,4 @@
-"""DDIM sampling (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12 and Eq. 16).
+"""DDIM step (Song et al. 2021, "Denoising Diffusion Implicit Models", Eq. 12 and Eq. 16).
 
 One step from ``t`` to ``prev = t - T // steps`` (diffusers' ``DDIMScheduler`` convention)::
 
@@ -11,6 +11,8 @@ One step from ``t`` to ``prev = t - T // steps`` (diffusers' ``DDIMScheduler`` c
 - ``leading``: ``arange(steps) * (T // steps)``, reversed (does not reach ``T - 1``);
 - ``trailing``: ``round(arange(T, 0, -T / steps)) - 1`` (starts at ``T - 1``);
 - ``linspace``: ``round(linspace(0, T - 1, steps))``, reversed.
+
+Run it with :func:`~lightning_vi.families.diffusion.sample_loop.sample_loop`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
-from lightning_vi.families.diffusion.ddpm_sampler import ModelFn, check_steps
+from lightning_vi.families.diffusion.sample_loop import check_steps, randn
 from lightning_vi.families.diffusion.schedules import NoiseSchedule
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -40,27 +42,34 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading
     return torch.from_numpy(ts)
 
 
-@torch.no_grad()
-def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: Tensor, steps: int = 50, eta: float = 0.0,
-                spacing: str = "leading", generator: torch.Generator | None = None,
-                clip_sample: float | None = None) -> Tensor:
-    """Run DDIM from ``x_T``; ``model_fn(x_t, t[B])`` returns the network output."""
-    check_range("eta", eta, 0.0)
-    T = schedule.num_train_timesteps
-    ratio = T // steps
-    abar = schedule.alphas_cumprod
-    x = x_T
-    for t in ddim_timesteps(T, steps, spacing).tolist():
-        prev = t - ratio
+class DDIMScheduler:
+    """DDIM steps over ``steps`` timesteps of ``schedule`` (Eq. 12, 16).
+
+    Args:
+        schedule: the trained model's :class:`NoiseSchedule`. steps: reverse steps.
+        eta: 0 = deterministic DDIM, 1 = DDPM variance. spacing: one of ``SPACINGS``.
+        clip_sample: clamp ``x0_hat`` to ``[-clip_sample, clip_sample]`` (and recompute ``eps_hat``).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, spacing: str = "leading",
+                 clip_sample: float | None = None) -> None:
+        check_range("eta", eta, 0.0)
+        self.schedule, self.eta, self.clip_sample = schedule, eta, clip_sample
+        self.timesteps: list[int] = ddim_timesteps(schedule.num_train_timesteps, steps, spacing).tolist()
+        self.ratio = schedule.num_train_timesteps // steps
+
+    def step(self, model_output: Tensor, t: int, x_t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``x_prev`` from ``x_t`` (Eq. 12), plus ``sigma z`` when ``eta > 0``."""
+        abar = self.schedule.alphas_cumprod
+        prev = t - self.ratio
         a_t = abar[t]
         a_prev = abar[prev] if prev >= 0 else torch.ones((), device=abar.device)
-        tb = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        x0, eps = schedule.split(model_fn(x, tb), x, t)
-        if clip_sample is not None:
-            x0 = x0.clamp(-clip_sample, clip_sample)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+        x0, eps = self.schedule.split(model_output, x_t, t)
+        if self.clip_sample is not None:
+            x0 = x0.clamp(-self.clip_sample, self.clip_sample)
+            eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        if eta > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    return x
+        if self.eta > 0:
+            x = x + sigma * randn(x.shape, generator, like=x)
+        return x
