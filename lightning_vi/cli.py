@@ -245,11 +245,12 @@ def _argument_message(text: str, cli: VICLI, argv: list[str]) -> str:
         options = [a for a in unknown.group(1).split() if a.startswith("--")]
         if options:
             option = options[0].split("=", 1)[0][2:]
-            allowed = _option_names(cli, argv)
-            group = option.rsplit(".", 1)[0] + "." if "." in option else ""
-            same = [n for n in allowed if n.startswith(group) and "." not in n[len(group):]] if group else allowed
-            return (f"unknown option '--{option}'; {_closest(option, allowed)}"
-                    f"accepted{' in ' + group[:-1] if group else ''}: {', '.join('--' + n for n in same)}")
+            allowed = ["--" + n for n in _option_names(cli, argv) if not n.endswith("+")]
+            group = "--" + option.rsplit(".", 1)[0] + "." if "." in option else "--"
+            same = [n for n in allowed if n.startswith(group) and "." not in n[len(group):]]
+            where = f" in {group[2:-1]}" if group != "--" else ""
+            return (f"unknown option '--{option}'; {_closest('--' + option, allowed)}"
+                    f"accepted{where}: {', '.join(same or allowed)}")
     key_error = (re.search(r"does not accept option '([^']+)'", text) or re.search(r"Key '([^']+)' is not expected", text)
                  or re.search(r"Option '([^']+)' is not accepted", text))
     if key_error:

@@ -54,6 +54,9 @@ def test_trainer_key_typo_in_config(tmp_path, capsys):
     err = _error(capsys, ["fit", "--config", _write(tmp_path, "trainer:\n  max_epoch: 3\nmodel:\n  class_path: vae\n")])
     assert "unknown key 'trainer.max_epoch'; did you mean 'trainer.max_epochs'?" in err
     assert "max_steps" in err.split("accepted in trainer: ", 1)[1]
+    err = _error(capsys, ["fit", "--model", "vae", "--trainer.limit_trian_batches", "2"])  # on the command line
+    assert "unknown option '--trainer.limit_trian_batches'; did you mean '--trainer.limit_train_batches'?" in err
+    assert "--trainer.max_steps" in err.split("accepted in trainer: ", 1)[1] and "+" not in err
 
 
 def test_value_of_wrong_type_names_key_and_expected_type(capsys):
