@@ -8,8 +8,11 @@ stop before anything runs, with the known names and the closest match.
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import difflib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import lightning_vi.callbacks  # noqa: F401  (short class names in configs: SampleGrid, ...)
@@ -25,6 +29,21 @@ from lightning_vi.core.module import NonFiniteLossError, VIModule
 from lightning_vi.registry import FAMILIES, PLUGINS, UnknownNameError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+LISTINGS = ("families", "plugins")
+DESCRIPTION = (
+    "lightning-vi: train and evaluate variational and generative models from YAML. "
+    "`lvi fit --config configs/quickstart.yaml` trains; validate, test and predict work the same way. "
+    "`lvi families` lists the model families and `lvi plugins` the regularizer plugins, by the registered "
+    "names that configs use (model.class_path: vae, model.init_args.plugins: [cutmix]); "
+    "`lvi fit --model.help vae` and `lvi fit --model vae --model.init_args.plugins.help cutmix` show their arguments. "
+    "Set LVI_TRACEBACK=1 to see the traceback behind an error."
+)
+#: Temporary resolved config -> the file the user gave (so messages name the user's file).
+_CONFIG_SOURCES: dict[str, str] = {}
+
+
+class ConfigError(ValueError):
+    """A bad key or value in the config or on the command line; the message names it and the allowed ones."""
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -37,7 +56,25 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
 
 
 class VICLI(LightningCLI):
-    """LightningCLI with the registry's names available and the omegaconf parser mode."""
+    """LightningCLI with the registry's names available and the omegaconf parser mode.
+
+    Parse errors come back as a :class:`ConfigError` naming the bad key, the closest accepted one and
+    all accepted ones (instead of argparse's usage dump); the Trainer's own checks name the setting.
+    """
+
+    def parse_arguments(self, parser: Any, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            raise ConfigError(_argument_message(str(err), self, sys.argv[1:])) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        if self.subcommand == "fit":
+            _check_trainable(self.model, sys.argv[1:])
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            raise ConfigError(_trainer_message(err, self._get(self.config, "trainer") or {})) from err
 
 
 def _load_yaml(path: str) -> Any:
@@ -103,14 +140,38 @@ def _preprocess(argv: list[str]) -> list[str]:
             yaml.safe_dump(config, tmp)
             tmp.close()
             atexit.register(_remove, tmp.name)
+            _CONFIG_SOURCES[tmp.name] = path
             out[j] = tmp.name if j == i + 1 else f"--config={tmp.name}"
-    for i, arg in enumerate(argv):  # --model vae on the command line
-        if arg in ("--model", "--model.class_path") and i + 1 < len(argv) and "." not in argv[i + 1]:
-            name = argv[i + 1]
-            if name not in _family_class_names() and not name.startswith(("{", "[")) and not name.endswith(".yaml"):
-                cls = FAMILIES.get(name)
-                out[i + 1] = f"{cls.__module__}.{cls.__qualname__}"
+    for i, arg in enumerate(argv):  # --model vae, --model.help vae, --model.init_args.plugins.help cutmix
+        key, eq, value = arg.partition("=")
+        registry = _registry_for(key)
+        if registry is None:
+            continue
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        if "." in value or value.startswith(("{", "[", "-")) or value.endswith((".yaml", ".yml", ".json")):
+            continue
+        classes = _family_class_names() if registry is FAMILIES else _plugin_class_names()
+        if value in classes:
+            continue
+        cls = registry.get(value)  # raises UnknownNameError listing the known names
+        path = f"{cls.__module__}.{cls.__qualname__}"
+        if eq:
+            out[i] = f"{key}={path}"
+        else:
+            out[i + 1] = path
     return out
+
+
+def _registry_for(key: str) -> Any:
+    """Registry whose names an option takes: families for ``--model``/``--model.help``, plugins for ``...plugins.help``."""
+    if key in ("--model", "--model.class_path", "--model.help"):
+        return FAMILIES
+    if key.startswith("--model.") and key.endswith(".plugins.help"):
+        return PLUGINS
+    return None
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> VICLI:
@@ -135,13 +196,139 @@ def _make_cli(run: bool) -> VICLI:
         subclass_mode_data=True,
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "description": DESCRIPTION},
         auto_configure_optimizers=False,
         run=run,
     )
 
 
-def _user_message(err: BaseException) -> str:
+def _closest(word: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(word, allowed, n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _accepted_keys(cls: type) -> list[str]:
+    """Init arguments that jsonargparse accepts for ``cls`` (it follows ``**kwargs`` into base classes)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "x")
+    keys = [a.dest[2:] for a in parser._actions if a.dest.startswith("x.")]
+    return [k for k in keys if "." not in k]
+
+
+def _option_names(cli: VICLI, argv: list[str]) -> list[str]:
+    """Long options of the subcommand being parsed (without the leading ``--``)."""
+    sub = next((a for a in argv if a in SUBCOMMANDS), None)
+    parser = getattr(cli, "_subcommand_parsers", {}).get(sub, cli.parser)
+    names = {opt[2:] for action in parser._actions for opt in action.option_strings if opt.startswith("--")}
+    return sorted(n for n in names if not n.endswith(".help"))
+
+
+def _argument_message(text: str, cli: VICLI, argv: list[str]) -> str:
+    """One short message for a jsonargparse parse error: the bad key, the closest accepted key, all accepted keys."""
+    key = re.search(r'Parser key "([^"]+)"', text)
+    bad = re.search(r"Problem with given class_path '([\w.]+)':\s*Option '([^']+)' is not accepted", text)
+    if bad:
+        try:
+            cls = _import(bad.group(1))
+            accepted = _accepted_keys(cls)
+        except Exception:  # noqa: BLE001 - fall back to the raw report below
+            accepted = []
+        if accepted:
+            where = f"{key.group(1)}.init_args" if key else "init_args"
+            option = bad.group(2)
+            return (f"unknown key {option!r} in {where} ({cls.__name__}); {_closest(option, accepted)}"
+                    f"accepted: {', '.join(accepted)}")
+    unknown = re.search(r"unrecognized arguments: (.*)", text)
+    if unknown:
+        options = [a for a in unknown.group(1).split() if a.startswith("--")]
+        if options:
+            option = options[0].split("=", 1)[0][2:]
+            allowed = ["--" + n for n in _option_names(cli, argv) if not n.endswith("+")]
+            group = "--" + option.rsplit(".", 1)[0] + "." if "." in option else "--"
+            same = [n for n in allowed if n.startswith(group) and "." not in n[len(group):]]
+            where = f" in {group[2:-1]}" if group != "--" else ""
+            return (f"unknown option '--{option}'; {_closest('--' + option, allowed)}"
+                    f"accepted{where}: {', '.join(same or allowed)}")
+    key_error = (re.search(r"does not accept option '([^']+)'", text) or re.search(r"Key '([^']+)' is not expected", text)
+                 or re.search(r"Option '([^']+)' is not accepted", text))
+    if key_error:
+        option = key_error.group(1)
+        allowed = [n for n in _option_names(cli, argv) if not n.endswith("+")]
+        group = option.rsplit(".", 1)[0] + "." if "." in option else ""
+        same = [n[len(group):] for n in allowed if n.startswith(group) and "." not in n[len(group):]]
+        return (f"unknown key {option!r}; {_closest(option, allowed)}"
+                f"accepted{' in ' + group[:-1] if group else ''}: {', '.join(same or allowed)}")
+    return _value_message(text) or _user_message(text)
+
+
+def _value_message(text: str) -> str | None:
+    """``key=value is invalid: expected int`` for a value of the wrong type (jsonargparse's Union report, reduced)."""
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    if not keys:
+        return None
+    key = keys[0] + "".join((".init_args." if "class_path" in text else ".") + k for k in keys[1:])
+    value = re.search(r"Got value: (.*)", text) or re.search(r"NestedArg\(key='[^']*', val=(.*)\)\s*$", text) \
+        or re.search(r"Given value: (.*)\s*$", text)
+    expected, choices = [], []
+    for item in re.findall(r"Expected a (.+?)(?:\. Got value: .*)?$", text, flags=re.M):
+        literal = re.match(r"^typing\.Literal\[(.*)\]$", item)
+        if literal:
+            choices += [c for c in literal.group(1).split(", ") if c not in choices]
+            continue
+        item = re.sub(r"<class '(?:builtins\.)?([\w.]+)'>", r"\1", item)
+        if item != "NoneType" and item not in expected:
+            expected.append(item)
+    if choices:
+        expected.insert(0, f"one of {', '.join(choices)}")
+    if not expected:
+        return None
+    shown = f"={value.group(1).strip()}" if value else ""
+    return f"{key}{shown} is invalid: expected {' or '.join(expected)}"
+
+
+def _import(path: str) -> Any:
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _trainer_message(err: BaseException, trainer_config: Any) -> str:
+    """``trainer.<key>=<value> is invalid: <Lightning's reason>`` for the setting that the Trainer rejected."""
+    text = str(err).strip()
+    config = dict(trainer_config.items()) if hasattr(trainer_config, "items") else {}
+    named = re.findall(r"`(\w+)", text) + re.findall(r"\b(\w+)\b", text)
+    key = next((k for k in named if k in config and config[k] is not None), None)
+    if key is None:
+        return f"invalid trainer settings: {text}"
+    reason = re.sub(r"\s*You passed in .*$", "", text)
+    return f"trainer.{key}={config[key]!r} is invalid: {reason}"
+
+
+def _check_trainable(model: Any, argv: list[str]) -> None:
+    """Stop ``lvi fit`` before anything runs when the model has nothing to optimize (e.g. ``red_diff``)."""
+    if model is None or any(p.requires_grad for p in model.parameters()):
+        return
+    name = FAMILIES.name_of(model) or type(model).__name__
+    args = [_user_arg(a) for a in argv]
+    rest = " ".join(a for a in args if a != "fit")
+    raise ConfigError(
+        f"{name} has no trainable parameters, so `lvi fit` has nothing to train: it runs a trained model "
+        f"(a sampler over a trained prior) at prediction time; use `lvi predict {rest}`".rstrip()
+    )
+
+
+def _user_arg(arg: str) -> str:
+    """``arg`` with a temporary resolved config replaced by the file the user gave."""
+    key, eq, value = arg.partition("=")
+    if eq and value in _CONFIG_SOURCES:
+        return f"{key}={_CONFIG_SOURCES[value]}"
+    return _CONFIG_SOURCES.get(arg, arg)
+
+
+def _user_message(err: BaseException | str) -> str:
     """The error a user needs: jsonargparse wraps a family's own check (e.g. ``latent_dim=0 is out of
     range``) in a "Union subtypes" report listing every alternative; keep only the family's lines."""
     text = str(err)
@@ -154,13 +341,18 @@ def _user_message(err: BaseException) -> str:
 
 def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in ("plugins", "families"):
+    if argv and argv[0] in LISTINGS:
         registry = PLUGINS if argv[0] == "plugins" else FAMILIES
         print(registry.listing())
         return
+    commands = [*SUBCOMMANDS, *LISTINGS]
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        print(f"lvi: error: unknown command {argv[0]!r}; {_closest(argv[0], commands)}"
+              f"commands: {', '.join(commands)} (lvi --help)", file=sys.stderr)
+        raise SystemExit(2)
     try:
         build_cli(argv)
-    except (UnknownNameError, FileNotFoundError, ValueError, NonFiniteLossError) as err:
+    except (UnknownNameError, FileNotFoundError, ValueError, NonFiniteLossError, argparse.ArgumentError) as err:
         if os.environ.get("LVI_TRACEBACK"):
             raise
         print(f"lvi: error: {_user_message(err)}", file=sys.stderr)

@@ -13,8 +13,13 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import warnings
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
+
+
+class BrokenEntryPointWarning(UserWarning):
+    """A third-party entry point failed to import or register; it is skipped, everything else works."""
 
 
 class UnknownNameError(KeyError):
@@ -44,6 +49,7 @@ class Registry:
         self.plural = "families" if kind == "family" else f"{kind}s"
         self._items: dict[str, Any] = {}
         self._sources: dict[str, str] = {}
+        self._broken: dict[str, tuple[str, str]] = {}  # name -> (distribution, error)
         self._discovered = False
 
     # -- registration -------------------------------------------------------------------------
@@ -78,14 +84,34 @@ class Registry:
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 continue
-            obj = ep.load()
-            self.register(ep.name, obj, source=f"entry point {ep.value} ({ep.dist.name if ep.dist else '?'})")
+            dist = ep.dist.name if ep.dist else "?"
+            try:
+                self.register(ep.name, ep.load(), source=f"entry point {ep.value} ({dist})")
+            except Exception as err:  # a broken third-party package must not break every command
+                self._skip_broken(ep.name, ep.value, dist, err)
+
+    def _skip_broken(self, name: str, value: str, dist: str, err: Exception) -> None:
+        error = f"{type(err).__name__}: {err}".splitlines()[0]
+        self._broken[name] = (dist, error)
+        warnings.warn(
+            f"skipping {self.kind} {name!r} ({value}) from distribution {dist!r}: it failed to load with "
+            f"{error}. Fix or uninstall {dist!r}; everything else works.",
+            BrokenEntryPointWarning, stacklevel=3)
+
+    def broken(self) -> dict[str, tuple[str, str]]:
+        """Entry points that failed to import or register: ``name -> (distribution, error)``."""
+        self.discover()
+        return dict(self._broken)
 
     # -- lookup -------------------------------------------------------------------------------
     def get(self, name: str) -> Any:
         """Return the object registered as ``name``; an unknown name lists the known ones."""
         if name not in self._items:
             self.discover()
+        if name not in self._items and name in self._broken:
+            dist, error = self._broken[name]
+            raise UnknownNameError(f"{self.kind} {name!r} from distribution {dist!r} is installed but failed to "
+                                   f"load: {error}. Fix or uninstall {dist!r}.")
         if name not in self._items:
             known = sorted(self._items)
             close = difflib.get_close_matches(str(name), known, n=1)
@@ -120,15 +146,19 @@ class Registry:
         return None
 
     def listing(self) -> str:
-        """One line per registered name: ``name  description  [class]``, plus a note for an entry whose
-        optional dependency is not installed (it stays listed; using it raises :func:`require`'s message)."""
+        """One line per registered name: ``name  description  [class]``. An entry whose optional dependency
+        is not installed stays listed with the install hint (using it raises :func:`require`'s message);
+        broken entry points say why."""
         rows = []
         for n, o in self.items():
             missing = missing_requirements(o)
             note = f"  (needs {', '.join(missing)}: {install_hint(missing)})" if missing else ""
             rows.append((n, _qualname(o), summary(o) + note))
-        w0 = max((len(r[0]) for r in rows), default=0)
-        return "\n".join(f"{n:<{w0}}  {d}  [{q}]" for n, q, d in rows)
+        broken = sorted(self._broken.items())
+        w0 = max((len(n) for n in [*(r[0] for r in rows), *(b[0] for b in broken)]), default=0)
+        lines = [f"{n:<{w0}}  {d}  [{q}]" for n, q, d in rows]
+        lines += [f"{n:<{w0}}  BROKEN: failed to load from distribution {dist!r}: {error}" for n, (dist, error) in broken]
+        return "\n".join(lines)
 
 
 #: Optional import name -> the ``lightning-vi`` extra that installs it.

@@ -71,3 +71,27 @@ def test_entry_points_are_discovered(monkeypatch):
     assert reg.get("third_party") is Thing
     assert "entry point tests_registry_target:Thing" in reg.source("third_party")
     assert "third_party  A third-party plugin." in reg.listing()
+
+
+def test_broken_entry_point_is_skipped_and_listed(tmp_path, monkeypatch):
+    """A third-party entry point that raises on import: one warning naming the distribution, the rest
+    of the registry works, the listing and a lookup of its name say why it is missing."""
+    import lightning_vi.registry as registry
+
+    info = tmp_path / "bad_dist-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-dist\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[lightning_vi.test_group]\nbad = tests_registry_missing_mod:Thing\n")
+    (dist,) = md.distributions(path=[str(tmp_path)])
+    eps = list(dist.entry_points)
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "lightning_vi.test_group" else [])
+    reg = _fresh()
+    reg.register("alpha", Alpha)
+    with pytest.warns(registry.BrokenEntryPointWarning, match=r"'bad'.*distribution 'bad-dist'.*ModuleNotFoundError"):
+        assert reg.names() == ["alpha"]
+    assert reg.broken() == {"bad": ("bad-dist", "ModuleNotFoundError: No module named 'tests_registry_missing_mod'")}
+    assert reg.get("alpha") is Alpha
+    bad_line = reg.listing().splitlines()[-1]
+    assert bad_line.startswith("bad ") and "BROKEN" in bad_line and "'bad-dist'" in bad_line
+    with pytest.raises(UnknownNameError, match=r"'bad' from distribution 'bad-dist' is installed but failed to load"):
+        reg.get("bad")

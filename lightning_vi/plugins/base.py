@@ -27,6 +27,7 @@ Built-in orders (a deterministic pipeline; Lightning also calls callback hooks i
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from typing import Any
@@ -36,6 +37,21 @@ from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range  # noqa: F401  (re-exported for plugins)
 from lightning_vi.registry import PLUGINS
+
+
+def _bad_arguments(cls: type, signature: inspect.Signature, kw: dict[str, Any], err: TypeError) -> str:
+    """Message for arguments that ``cls.__init__`` does not take: the plugin, the bad name, the closest and all accepted."""
+    params = list(signature.parameters.values())[1:]
+    accepted = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    name = PLUGINS.name_of(cls) or cls.__name__
+    listed = f"accepted: {', '.join(accepted) or '(none)'}"
+    unknown = [k for k in kw if k not in accepted] if not any(p.kind is p.VAR_KEYWORD for p in params) else []
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], accepted, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"plugin {name!r} ({cls.__name__}) got unknown argument {unknown[0]!r}; {hint}{listed}"
+    reason = str(err).split("() ", 1)[-1] if "() " in str(err) else str(err)
+    return f"plugin {name!r} ({cls.__name__}): {reason}; {listed}"
 
 
 class Plugin(L.Callback):
@@ -53,7 +69,11 @@ class Plugin(L.Callback):
         @functools.wraps(init)
         def wrapped(self: Plugin, *args: Any, **kw: Any) -> None:
             if not hasattr(self, "_init_args"):
-                bound = inspect.signature(init).bind(self, *args, **kw)
+                signature = inspect.signature(init)
+                try:
+                    bound = signature.bind(self, *args, **kw)
+                except TypeError as err:
+                    raise TypeError(_bad_arguments(type(self), signature, kw, err)) from None
                 bound.apply_defaults()
                 self._init_args = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
             init(self, *args, **kw)
