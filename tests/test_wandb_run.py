@@ -115,15 +115,16 @@ def test_summary_mode_by_monitor_and_name():
 
 
 def test_lvi_success_exits_zero_with_best_summary_group_job_type_and_clean_log(tmp_path):
-    """A 5-epoch quickstart with a large learning rate (val/loss goes up and down) in a real `lvi` process."""
-    run_lvi("fit", *TINY, *NO_MEDIA, "--trainer.max_epochs", "5", "--model.init_args.optimizer.init_args.lr", "0.05",
+    """A 4-epoch quickstart in a real `lvi` process; lr 0.02 makes val/loss go up and down (seed 0: 171.0, 181.2,
+    177.6, 172.3), so the best value is neither the first, nor the last, nor the largest."""
+    run_lvi("fit", *TINY, *NO_MEDIA, "--trainer.max_epochs", "4", "--model.init_args.optimizer.init_args.lr", "0.02",
             cwd=tmp_path)
     (run,) = wandb_runs(tmp_path)
     assert run.exit_code == 0 and "got exitcode: 0" in run.debug_log
     assert "HandleAbandonedError" not in run.debug_log and "abandoning" not in run.debug_log
     assert (run.info.run_group, run.info.job_type) == ("quickstart-vae", "fit")
     history = run.values("val/loss")
-    assert len(history) == 5
+    assert len(history) == 4 and min(history) != history[-1], history
     assert run.summary["val/loss"] == {"min": min(history), "last": history[-1]}
     elbo = run.values("val/elbo")  # higher is better: the summary keeps the maximum
     assert run.summary["val/elbo"] == {"max": max(elbo), "last": elbo[-1]}
