@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import lightning_vi.callbacks  # noqa: F401  (short class names in configs: SampleGrid, ...)
 import lightning_vi.data  # noqa: F401  (short class names in configs: DigitsDataModule, ...)
+from lightning_vi.callbacks.wandb_run import WandbRunRecord, wandb_loggers
 from lightning_vi.core.module import NonFiniteLossError, VIModule
 from lightning_vi.registry import FAMILIES, PLUGINS, UnknownNameError
 
@@ -72,9 +73,35 @@ class VICLI(LightningCLI):
         if self.subcommand == "fit":
             _check_trainable(self.model, sys.argv[1:])
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
             raise ConfigError(_trainer_message(err, self._get(self.config, "trainer") or {})) from err
+        return _add_wandb_record(trainer)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        record = _wandb_record(self.trainer)
+        if record is not None:  # group, job type and resumed run id go in before wandb.init
+            record.prepare(self.trainer, subcommand, self.config_init[subcommand].get("ckpt_path"))
+        super()._run_subcommand(subcommand)
+
+
+def _add_wandb_record(trainer: L.Trainer) -> L.Trainer:
+    """Add a ``WandbRunRecord`` when a WandbLogger logs and the config did not add one (no-op otherwise)."""
+    if wandb_loggers(trainer) and _wandb_record(trainer) is None:
+        trainer.callbacks.append(WandbRunRecord())
+    return trainer
+
+
+def _wandb_record(trainer: L.Trainer | None) -> WandbRunRecord | None:
+    return next((cb for cb in getattr(trainer, "callbacks", []) if isinstance(cb, WandbRunRecord)), None)
+
+
+def _finish_wandb(cli: VICLI) -> None:
+    """``lvi`` ends a successful run with exit code 0 (failures are finished with 1 by ``WandbRunRecord``)."""
+    trainer = getattr(cli, "trainer", None)
+    record = _wandb_record(trainer)
+    if record is not None:
+        record.finish(trainer, exit_code=0)
 
 
 def _load_yaml(path: str) -> Any:
@@ -351,12 +378,13 @@ def main(args: list[str] | None = None) -> None:
               f"commands: {', '.join(commands)} (lvi --help)", file=sys.stderr)
         raise SystemExit(2)
     try:
-        build_cli(argv)
+        cli = build_cli(argv)
     except (UnknownNameError, FileNotFoundError, ValueError, NonFiniteLossError, argparse.ArgumentError) as err:
         if os.environ.get("LVI_TRACEBACK"):
             raise
         print(f"lvi: error: {_user_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    _finish_wandb(cli)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from lightning_vi.callbacks.images import LatentTraversal, Reconstructions, Samp
 from lightning_vi.callbacks.media import figure_to_array, log_image, make_grid
 from lightning_vi.callbacks.predictions import NpzPredictionWriter
 from lightning_vi.callbacks.tasks import TaskSequence, task_accuracies
+from lightning_vi.callbacks.wandb_run import WandbRunRecord
 
 __all__ = ["SampleGrid", "Reconstructions", "LatentTraversal", "log_image", "make_grid", "figure_to_array", "NpzPredictionWriter",
-           "TaskSequence", "task_accuracies"]
+           "TaskSequence", "task_accuracies", "WandbRunRecord"]
