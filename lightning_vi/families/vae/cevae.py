@@ -63,12 +63,17 @@ def random_patch_mask(x: Tensor, size: float, n_patches: int = 1, generator: tor
 class CEVAE(VAE):
     """Context-encoding VAE with anomaly scores and maps (image inputs ``[C, H, W]``).
 
-    Args (beyond ``vae``'s, see :class:`VAE`; the encoder and decoder are the VAE's parts):
+    The other arguments are the VAE's (:class:`VAE`); the encoder and decoder are the VAE's parts.
+
+    Args:
+        input_shape: image shape ``[C, H, W]``.
+        latent_dim: number of latent dimensions.
+        hidden_dims: MLP hidden widths.
+        likelihood: as for ``vae`` (default ``"bernoulli"``).
         ce_weight: weight of the context-encoding (inpainting) loss; 0 gives the plain VAE.
         patch_size: side of the corrupted squares as a fraction of the image side.
         n_patches: corrupted squares per image.
         map_method: ``"recon"`` or ``"combined"`` anomaly map.
-        input_shape, latent_dim, hidden_dims, likelihood: as for ``vae``, with image-sized defaults.
     """
 
     def __init__(

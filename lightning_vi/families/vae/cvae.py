@@ -60,13 +60,16 @@ def linear_cvae_collapse_prediction(x: Tensor, c: Tensor | None, latent_dim: int
 class CVAE(VAE):
     """Conditional VAE on labels or attribute vectors with P12's weighted (hybrid) bound.
 
-    Args (beyond ``vae``'s, see :class:`VAE`):
+    The other arguments are the VAE's (:class:`VAE`).
+
+    Args:
         condition: ``"label"`` (integer class ids) or ``"vector"`` (float attributes).
         condition_dim: number of classes (labels) or attribute size (vectors).
         condition_key: batch key of the condition (``"y"`` by default).
         prior: ``"standard"`` N(0, I) or ``"learned"`` N(mu(c), diag var(c)) (P12's prior network).
         gsnn_weight: weight of the GSNN term in the hybrid loss (needs ``prior="learned"`` if > 0).
-        input_shape, likelihood: as for ``vae`` (other defaults: ``[1, 32, 32]`` and ``"bernoulli"``).
+        input_shape: shape of one example.
+        likelihood: as for ``vae`` (default ``"bernoulli"``).
     """
 
     renamed_state_keys = (("encoder_x.", "encoder.features."), ("encoder_head.", "encoder.head."),

@@ -41,14 +41,19 @@ def _batched(net: nn.Module, z: Tensor) -> Tensor:
 class HVAE(VAE):
     """Two-level hierarchical VAE; MLP, conv or linear networks; learnable or fixed encoder variance.
 
-    Args (beyond ``vae``'s, see :class:`VAE`; ``latent_dim``, ``kl_weight`` are replaced):
+    The other arguments are the VAE's (:class:`VAE`; ``latent_dim`` is ``latent_dims[0]``).
+
+    Args:
+        input_shape: shape of one example.
         latent_dims: ``[d1, d2]`` sizes of the two levels.
         architecture: ``"mlp"``, ``"conv"`` (images ``[C, H, W]``: stride-2 conv encoder/decoder for
             ``x <-> z1``, MLPs of width ``hidden_dims[-1]`` between the levels) or ``"linear"`` (P01's linear HVAE).
         hidden_dims: MLP hidden widths.
         encoder_variance: ``"learnable"`` or ``"fixed"`` (both levels; std ``encoder_std``).
-        level1_std: std of p(z1 | z2). kl_weight: ``[kl_weight1, kl_weight2]`` KL weights of the two levels
-            (``beta``: its deprecated name).
+        encoder_std: encoder std of both levels when fixed.
+        level1_std: std of p(z1 | z2).
+        kl_weight: ``[kl_weight1, kl_weight2]`` KL weights of the two levels.
+        beta: deprecated name of ``kl_weight``.
     """
 
     renamed_state_keys = (("enc1.", "encoder."), ("dec1.", "decoder."), ("enc_log_var1", "encoder.log_var"),

@@ -41,21 +41,29 @@ class VAE(VIModule):
     Args:
         input_shape: shape of one example, e.g. ``[1, 8, 8]`` (images) or ``[10]`` (vectors).
         latent_dim: number of latent dimensions.
-        architecture: default encoder/decoder: ``"mlp"``, ``"conv"`` (images; stride-2 convs) or
-            ``"linear"`` (linear encoder mean with a data-independent diagonal variance and a linear
-            decoder: probabilistic PCA).
-        hidden_dims: MLP hidden widths. channels: channels of the stride-2 conv blocks.
+        architecture: default encoder/decoder: ``"mlp"``, ``"conv"`` (images; stride-2 convs) or ``"linear"``
+            (linear encoder mean with a data-independent diagonal variance and a linear decoder: probabilistic PCA).
+        hidden_dims: MLP hidden widths (of the default encoder; mirrored in the decoder).
+        channels: channels of the stride-2 conv blocks (``architecture="conv"``).
         likelihood: ``"gaussian"`` (learned shared std unless ``obs_std`` is set), ``"bernoulli"`` or a
             ``Likelihood`` part.
-        kl_weight: weight of the KL term (beta-VAE). iwae_k: samples of the test-time IWAE estimate.
-        objective: training bound ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built with ``num_samples``,
-            ``alpha``, ``estimator``, ``baseline`` and ``kl_weight``) or a ``VariationalObjective`` part
-            (whose own ``kl_weight`` then applies). num_samples: samples per example; alpha: Renyi order in
-            [0, 1]; estimator: ``"reparam"`` or ``"score"``; baseline: ``"none"``, ``"moving_average"`` or
-            ``"learned"`` (score estimator).
-        encoder: module ``x [B, *input_shape] -> [B, 2 * latent_dim]`` (mean, then log-variance);
-            default from ``architecture``. decoder: module ``z [B, latent_dim] -> [B, *input_shape]``.
-        beta, k, conv_channels: deprecated names of ``kl_weight``, ``num_samples``, ``channels``.
+        obs_std: fixed std of the Gaussian likelihood (None = learned).
+        kl_weight: weight of the KL term (beta-VAE, Higgins et al. 2017).
+        iwae_k: samples of the test-time IWAE estimate.
+        objective: training bound ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built with ``num_samples``, ``alpha``,
+            ``estimator``, ``baseline`` and ``kl_weight``) or a ``VariationalObjective`` part (whose own
+            ``kl_weight`` then applies).
+        num_samples: samples per example of the training bound.
+        alpha: Renyi order in [0, 1].
+        estimator: ``"reparam"`` or ``"score"``.
+        baseline: ``"none"``, ``"moving_average"`` or ``"learned"`` (score estimator).
+        encoder: module ``x [B, *input_shape] -> [B, 2 * latent_dim]`` (mean, then log-variance); None = built
+            from ``architecture``.
+        decoder: module ``z [B, latent_dim] -> [B, *input_shape]`` likelihood parameters; None = built from
+            ``architecture``.
+        beta: deprecated name of ``kl_weight``.
+        k: deprecated name of ``num_samples``.
+        conv_channels: deprecated name of ``channels``.
         **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
             ``check_finite``).
     """

@@ -82,14 +82,21 @@ class VQVAE(VIModule):
     """VQ-VAE with ``num_latents`` code vectors per example, EMA codebook and dead-code restart.
 
     Args:
-        input_shape: shape of one example. architecture: ``"mlp"`` or ``"conv"`` (default encoder/decoder).
-        hidden_dims: MLP hidden widths. channels: channels of the stride-2 conv blocks.
-        num_latents: discrete latents per example. embedding_dim: code vector size.
-        codebook_size: number of codes (>= 1). commitment: weight of ``||z_e - sg(e)||^2``.
-        decay: EMA decay. dead_threshold: EMA count under which a code is restarted.
+        input_shape: shape of one example.
+        architecture: ``"mlp"`` or ``"conv"`` (default encoder/decoder).
+        hidden_dims: MLP hidden widths.
+        channels: channels of the stride-2 conv blocks.
+        num_latents: discrete latents per example.
+        embedding_dim: code vector size.
+        codebook_size: number of codes (>= 1).
+        commitment: weight of ``||z_e - sg(e)||^2``.
+        decay: EMA decay.
+        dead_threshold: EMA count under which a code is restarted.
         likelihood: ``"gaussian"`` (fixed std ``obs_std``), ``"bernoulli"`` or a ``Likelihood`` part.
-        encoder: module ``x -> [B, num_latents * embedding_dim]``; decoder: its inverse to ``[B, *input_shape]``
-            (the VAE's parts, ``nn.factories``, by default). conv_channels: deprecated name of ``channels``.
+        obs_std: std of the Gaussian likelihood.
+        encoder: module ``x -> [B, num_latents * embedding_dim]`` (None = built from ``architecture``).
+        decoder: module ``[B, num_latents * embedding_dim] -> [B, *input_shape]`` (None = built).
+        conv_channels: deprecated name of ``channels``.
         **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
             ``check_finite``).
     """
