@@ -169,7 +169,15 @@ def test_old_argument_names_warn_and_mean_the_new_ones(cls, old, new, value, att
     assert attr(new_m) == value
     if cls is VariationalObjective:
         return
-    assert old not in m.hparams and list(m.hparams[new]) == list(value) if isinstance(value, list) else m.hparams[new] == value
+    plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    assert old not in m.hparams and plain(m.hparams[new]) == value
+    # from YAML, Lightning stores the given config as the hparams: the new name replaces the old one there too
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    with pytest.warns(DeprecationWarning), _given_hyperparameters_context(
+            hparams={**kw, old: value}, instantiator="lightning.pytorch.cli.instantiate_module"):
+        m = cls(**kw, **{old: value})
+    assert old not in m.hparams and plain(m.hparams[new]) == value, dict(m.hparams)
     with pytest.raises(ValueError, match=rf"{old}=.* and {new}=.* name the same argument; give only {new}"):
         cls(**kw, **{old: value, new: [9, 9] if isinstance(value, list) else 7})
 
