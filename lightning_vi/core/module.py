@@ -364,16 +364,38 @@ class VIModule(L.LightningModule):
         if not self.renamed_state_keys or state is None:
             return
         own = set(self.state_dict())
+        old_order = list(state)
+        renamed: dict[str, str] = {}
         for key in [k for k in state if k not in own]:
             for old, new in self.renamed_state_keys:
                 if key == old or (old.endswith(".") and key.startswith(old)):
                     if new is None:
                         del state[key]
                     elif (target := new + key[len(old):]) in own:
-                        state[target] = state.pop(key)
+                        state[target], renamed[key] = state.pop(key), target
                     else:
                         continue
                     break
+        if renamed and checkpoint.get("optimizer_states"):
+            self._reorder_optimizer_states(checkpoint["optimizer_states"], [renamed.get(k, k) for k in old_order])
+
+    def _reorder_optimizer_states(self, optimizer_states: list[dict[str, Any]], old_names: list[str]) -> None:
+        """Optimizer state is indexed by parameter position: when a rename also moved parameters, give each
+        parameter its own moments again (resuming ``trainer.fit(ckpt_path=old)``)."""
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
+        old = [n for n in old_names if n in set(names)]
+        if old == names:
+            return
+        for opt in optimizer_states:
+            groups = opt.get("param_groups", [])
+            if sorted(old) != sorted(names) or len(groups) != 1 or len(groups[0]["params"]) != len(names):
+                raise RuntimeError(
+                    f"This {type(self).__name__} checkpoint predates a change of the module's structure and its "
+                    "optimizer state cannot be matched to the parameters; load the weights with "
+                    "load_from_checkpoint(path) and start a new fit instead of resuming with ckpt_path.")
+            ids, st = groups[0]["params"], opt["state"]
+            position = {n: i for i, n in enumerate(old)}
+            opt["state"] = {ids[i]: st[ids[position[n]]] for i, n in enumerate(names) if ids[position[n]] in st}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Hyper-parameters may hold plugin objects or optimizer partials: store plain data, so that

@@ -240,3 +240,35 @@ def test_an_unknown_old_key_still_fails_loudly():
     m.on_load_checkpoint(ckpt)
     with pytest.raises(RuntimeError, match="enc_mystery"):
         m.load_state_dict(ckpt["state_dict"], strict=True)
+
+
+def test_resuming_a_pre_refactor_fit_gives_each_parameter_its_own_optimizer_moments(tmp_path):
+    """old_hvae_linear_resume.ckpt: 3 Adam steps of a linear HVAE with the code before the refactor, whose
+    parameters were registered in another order (enc_log_var1, enc_log_var2, log_obs_std, enc1, enc2, dec2,
+    dec1). After the renames each new parameter must carry the moments of its old self, and fit resumes."""
+    import lightning as L
+
+    from lightning_vi.data import PPCADataModule
+
+    path = OLD / "old_hvae_linear_resume.ckpt"
+    raw = torch.load(path, weights_only=False)
+    old_names = ["enc_log_var1", "enc_log_var2", "log_obs_std", "enc1.0.weight", "enc1.0.bias", "enc2.0.weight",
+                 "enc2.0.bias", "dec2.0.weight", "dec2.0.bias", "dec1.0.0.weight", "dec1.0.0.bias"]
+    old_moments = {n: raw["optimizer_states"][0]["state"][i]["exp_avg"] for i, n in enumerate(old_names)}
+    new_of = {"enc_log_var1": "encoder.log_var", "enc_log_var2": "enc2.log_var", "log_obs_std": "likelihood.log_std"}
+    m = HVAE(input_shape=[6], latent_dims=[2, 2], architecture="linear", likelihood="gaussian", lr=0.01)
+    ckpt = torch.load(path, weights_only=False)
+    m.on_load_checkpoint(ckpt)
+    m.load_state_dict(ckpt["state_dict"])
+    opt = m.configure_optimizers()
+    opt.load_state_dict(ckpt["optimizer_states"][0])
+    params = dict(m.named_parameters())
+    for old, moment in old_moments.items():
+        new = new_of.get(old, old.replace("enc1.", "encoder.").replace("dec1.", "decoder."))
+        assert torch.equal(opt.state[params[new]]["exp_avg"], moment), (old, new)
+    dm = PPCADataModule(n=200, dim=6, scales=[2.0, 1.0], sigma=0.5, batch_size=100)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu", default_root_dir=tmp_path)
+    fresh = HVAE(input_shape=[6], latent_dims=[2, 2], architecture="linear", likelihood="gaussian", lr=0.01)
+    trainer.fit(fresh, dm, ckpt_path=path)
+    assert trainer.global_step == 4
