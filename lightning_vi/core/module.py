@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from lightning_vi.core.checks import check_shape, renamed_argument  # noqa: F401  (re-exported)
+from lightning_vi.core.checks import check_shape, renamed_argument
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
 

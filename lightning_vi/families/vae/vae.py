@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent
 
-from lightning_vi.core.checks import check_range, renamed_argument
+from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import Likelihood, diag_normal, gaussian_kl, make_likelihood
 from lightning_vi.core.module import VIModule, resolve_part
 from lightning_vi.core.objectives import VariationalObjective, elbo_terms, iwae_bound
@@ -166,11 +166,16 @@ class VAE(VIModule):
         z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
         return self.mean(self.decode(z))
 
+    @staticmethod
+    def _given(fn, v: Tensor, c: Tensor | None):
+        """``fn(v)`` or ``fn(v, c)``: without a condition, ``encode``/``decode`` overrides taking one argument work."""
+        return fn(v) if c is None else fn(v, c)
+
     def _decode_samples(self, z: Tensor, c: Tensor | None) -> Tensor:
         """Likelihood parameters ``[K, B, *input_shape]`` of latents ``[K, B, D]``."""
         kk, b = z.shape[:2]
         cc = None if c is None else c.unsqueeze(0).expand(kk, *c.shape).flatten(0, 1)
-        return self.decode(z.flatten(0, 1), cc).view(kk, b, *self.input_shape)
+        return self._given(self.decode, z.flatten(0, 1), cc).view(kk, b, *self.input_shape)
 
     def _log_prior(self, z: Tensor, p_mu: Tensor | None, p_lv: Tensor | None) -> Tensor:
         if p_mu is None:
@@ -181,12 +186,12 @@ class VAE(VIModule):
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x = batch["x"]
         c = self.condition(batch)
-        mu, log_var = self.encode(x, c)
+        mu, log_var = self._given(self.encode, x, c)
         p_mu, p_lv = self.prior(mu, c)
         kl_dims = gaussian_kl(mu, log_var, p_mu, p_lv)
         if self.analytic:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
-            log_px = self.observation(self.decode(z, c)).log_prob(x)
+            log_px = self.observation(self._given(self.decode, z, c)).log_prob(x)
             out = {**elbo_terms(log_px, kl_dims.sum(-1)), "z": z}
         else:  # the configured bound/estimator with num_samples samples (see core.objectives)
             q = diag_normal(mu, log_var)
@@ -199,7 +204,7 @@ class VAE(VIModule):
 
     def log_importance_weights(self, x: Tensor, k: int, c: Tensor | None = None) -> Tensor:
         """``log p(x, z_k | c) - log q(z_k | x, c)`` for ``k`` posterior samples; shape ``[k, B]``."""
-        mu, log_var = self.encode(x, c)
+        mu, log_var = self._given(self.encode, x, c)
         q = diag_normal(mu, log_var)
         z = q.sample((k,))  # [k, B, D]
         params = self._decode_samples(z, c)
