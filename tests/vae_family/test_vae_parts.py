@@ -1,7 +1,7 @@
 """The composed VAE family (issue 13): injected parts, one Gaussian KL, renamed arguments, old checkpoints.
 
-Old checkpoints in ``old_checkpoints/`` were written by the code before the refactor (main at 9092eb7, the
-script is in the commit message of the fixtures) together with the outputs of each model on fixed inputs.
+Old checkpoints in ``old_checkpoints/`` were written by the code before the refactor (main at 9092eb7, by
+``old_checkpoints/make_old.py``) together with the outputs of each model on fixed inputs.
 """
 
 from __future__ import annotations
