@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 
@@ -33,3 +34,16 @@ def check_shape(name: str, tensor: Any, expected: tuple[int | None, ...]) -> Non
     if not ok:
         exp = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
         raise ValueError(f"{name} has shape {shape}; expected {exp}")
+
+
+def renamed_argument(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+    """Value of an argument renamed from ``old`` to ``new`` (docs/concepts.md): the old name still works for
+    one release with a ``DeprecationWarning``; giving both names with different values is an error."""
+    if old_value is None:
+        return new_value
+    plain = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (YAML lists vs tuple defaults)
+    if plain(new_value) != plain(default) and plain(new_value) != plain(old_value):
+        raise ValueError(f"{old}={old_value!r} and {new}={new_value!r} name the same argument; give only {new}")
+    warnings.warn(f"{old!r} is deprecated and will be removed in the next release; use {new}={old_value!r}",
+                  DeprecationWarning, stacklevel=3)
+    return old_value

@@ -15,17 +15,19 @@ are *outputs* (latents, logits) handed to plugins and never logged.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
+import inspect
 from collections.abc import Iterable
 from typing import Any, Callable, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_vi.core.checks import check_shape
+from lightning_vi.core.checks import check_shape, renamed_argument
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
 
@@ -74,10 +76,28 @@ def build_callable(spec: Any) -> Callable | None:
     raise TypeError(f"Cannot build an optimizer/scheduler from {spec!r}; give a callable or a class_path dict")
 
 
+def resolve_part(spec: Any, name: str) -> nn.Module | None:
+    """A family's injected part (``encoder``, ``decoder``, ``likelihood``, ``objective``): an ``nn.Module``
+    as is, ``None`` (the family builds its default), or ``{"class_path", "init_args"}`` (a checkpoint's
+    description of the part, see :func:`to_plain`)."""
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    if hasattr(spec, "items") and "class_path" in spec:
+        if spec.get("init_args") is None:
+            raise ValueError(
+                f"{name}={spec['class_path']} was built in Python, so the checkpoint holds its weights but not its "
+                f"constructor arguments; pass it again: load_from_checkpoint(path, {name}={spec['class_path'].rpartition('.')[2]}(...))")
+        return import_object(spec["class_path"])(**dict(spec["init_args"]))
+    raise TypeError(f"{name}={spec!r} is not a part; give an nn.Module, None (the default part) or "
+                    "{'class_path': ..., 'init_args': {...}}")
+
+
 def to_plain(value: Any) -> Any:
     """Checkpoint-safe (weights_only-loadable) description of a hyper-parameter value."""
-    if isinstance(value, Plugin):
+    if isinstance(value, Plugin) or (isinstance(value, nn.Module) and callable(getattr(value, "to_config", None))):
         return value.to_config()
+    if isinstance(value, nn.Module):  # a user-built part: its class is known, its arguments are not
+        return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": None}
     if isinstance(value, dict) or (hasattr(value, "items") and hasattr(value, "keys")):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -152,6 +172,23 @@ class VIModule(L.LightningModule):
         self._shape_checked: set[str] = set()
         self._attached = False
         self._train_sums: dict[tuple[str, ...], tuple[Tensor, int]] = {}
+
+    # -- renamed arguments --------------------------------------------------------------------
+    def rename_argument(self, old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+        """:func:`renamed_argument`, remembered so that :meth:`save_hyperparameters` stores the new name."""
+        value = renamed_argument(old, old_value, new, new_value, default)
+        self.__dict__.setdefault("_renamed_args", {})[old] = (new, value)
+        return value
+
+    def save_hyperparameters(self, *args: Any, ignore: Any = None, frame: Any = None, logger: bool = True) -> None:
+        """Lightning's ``save_hyperparameters`` (of the calling ``__init__``); arguments given under a
+        deprecated name (:meth:`rename_argument`) are stored under the new name, so checkpoints rebuild
+        without the old one."""
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame or inspect.currentframe().f_back, logger=logger)
+        for old, (new, value) in self.__dict__.get("_renamed_args", {}).items():
+            if old in self._hparams and self._hparams.pop(old) is not None:
+                self._hparams[new] = value
+        self._hparams_initial = copy.deepcopy(self._hparams)
 
     # -- plugins ------------------------------------------------------------------------------
     def _attach_plugins(self) -> None:
@@ -317,6 +354,49 @@ class VIModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
 
     # -- checkpoints --------------------------------------------------------------------------
+    #: ``(old, new)`` state-dict key renames of earlier releases, applied on load to keys the module lacks:
+    #: ``old`` ending in "." renames a prefix, otherwise one key; ``new=None`` drops a key that is no longer
+    #: a weight (e.g. a fixed constant that became a non-persistent buffer).
+    renamed_state_keys: tuple[tuple[str, str | None], ...] = ()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if not self.renamed_state_keys or state is None:
+            return
+        own = set(self.state_dict())
+        old_order = list(state)
+        renamed: dict[str, str] = {}
+        for key in [k for k in state if k not in own]:
+            for old, new in self.renamed_state_keys:
+                if key == old or (old.endswith(".") and key.startswith(old)):
+                    if new is None:
+                        del state[key]
+                    elif (target := new + key[len(old):]) in own:
+                        state[target], renamed[key] = state.pop(key), target
+                    else:
+                        continue
+                    break
+        if renamed and checkpoint.get("optimizer_states"):
+            self._reorder_optimizer_states(checkpoint["optimizer_states"], [renamed.get(k, k) for k in old_order])
+
+    def _reorder_optimizer_states(self, optimizer_states: list[dict[str, Any]], old_names: list[str]) -> None:
+        """Optimizer state is indexed by parameter position: when a rename also moved parameters, give each
+        parameter its own moments again (resuming ``trainer.fit(ckpt_path=old)``)."""
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
+        old = [n for n in old_names if n in set(names)]
+        if old == names:
+            return
+        for opt in optimizer_states:
+            groups = opt.get("param_groups", [])
+            if sorted(old) != sorted(names) or len(groups) != 1 or len(groups[0]["params"]) != len(names):
+                raise RuntimeError(
+                    f"This {type(self).__name__} checkpoint predates a change of the module's structure and its "
+                    "optimizer state cannot be matched to the parameters; load the weights with "
+                    "load_from_checkpoint(path) and start a new fit instead of resuming with ckpt_path.")
+            ids, st = groups[0]["params"], opt["state"]
+            position = {n: i for i, n in enumerate(old)}
+            opt["state"] = {ids[i]: st[ids[position[n]]] for i, n in enumerate(names) if ids[position[n]] in st}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Hyper-parameters may hold plugin objects or optimizer partials: store plain data, so that
         # torch.load(weights_only=True) reads them and load_from_checkpoint rebuilds the plugins.

@@ -15,8 +15,8 @@ the surrogate ``L(log_w) + (L - b).detach() * sum_k log q(z_k|x)`` whose gradien
 
 Plain Python use on a user-written model/guide pair::
 
-    obj = VariationalObjective("iwae", k=8, estimator="reparam")
-    z = obj.draw(q, k)                              # q: a torch Distribution of the guide
+    obj = VariationalObjective("iwae", num_samples=8, estimator="reparam")
+    z = obj.draw(q)                                 # q: a torch Distribution of the guide
     terms = obj(log_lik, log_prior, q.log_prob(z))  # each [K, B]; terms["neg_bound"] is the loss
 """
 
@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.core.checks import check_choice, check_range, renamed_argument
 
 OBJECTIVES = ("elbo", "iwae", "renyi")
 ESTIMATORS = ("reparam", "score")
@@ -133,30 +133,40 @@ class LearnedBaseline(nn.Module):
 class VariationalObjective(nn.Module):
     """A composable objective: bound (elbo|iwae|renyi) x estimator (reparam|score) x baseline.
 
+    The ``objective`` part of the VAE-like families (give it by ``class_path`` in YAML to swap bound and
+    estimator without touching the family).
+
     Args:
         objective: ``"elbo"``, ``"iwae"`` or ``"renyi"``.
-        k: samples per example (K >= 1).
+        num_samples: samples per example (K >= 1).
         alpha: Renyi order in [0, 1] (``objective="renyi"`` only).
         estimator: ``"reparam"`` or ``"score"``.
         baseline: ``"none"``, ``"moving_average"`` or ``"learned"`` (score estimator only).
-        beta: weight of ``log p(z) - log q(z|x)`` inside the weights (beta-ELBO; 1 = the exact bound).
-        in_dim: input size of the learned baseline.
+        kl_weight: weight of ``log p(z) - log q(z|x)`` inside the weights (beta-ELBO, Higgins et al.
+            2017; 1 = the exact bound).
+        in_dim: input size of the learned baseline. baseline_decay: decay of the moving average.
+        k, beta: deprecated names of ``num_samples`` and ``kl_weight`` (docs/concepts.md).
     """
 
-    def __init__(self, objective: str = "elbo", k: int = 1, alpha: float = 0.5, estimator: str = "reparam",
-                 baseline: str = "moving_average", beta: float = 1.0, in_dim: int = 1,
-                 baseline_decay: float = 0.9) -> None:
+    def __init__(self, objective: str = "elbo", num_samples: int = 1, alpha: float = 0.5, estimator: str = "reparam",
+                 baseline: str = "moving_average", kl_weight: float = 1.0, in_dim: int = 1,
+                 baseline_decay: float = 0.9, k: int | None = None, beta: float | None = None) -> None:
         super().__init__()
+        num_samples = renamed_argument("k", k, "num_samples", num_samples, 1)
+        kl_weight = renamed_argument("beta", beta, "kl_weight", kl_weight, 1.0)
         check_choice("objective", objective, OBJECTIVES)
         check_choice("estimator", estimator, ESTIMATORS)
         check_choice("baseline", baseline, BASELINES)
-        check_range("k", k, 1)
-        if int(k) != k:
-            raise ValueError(f"k={k!r} must be a whole number of samples; allowed: 1, 2, 3, ...")
+        check_range("num_samples", num_samples, 1)
+        if int(num_samples) != num_samples:
+            raise ValueError(f"num_samples={num_samples!r} must be a whole number of samples; allowed: 1, 2, 3, ...")
         check_range("alpha", alpha, 0.0, 1.0)
-        check_range("beta", beta, 0.0)
-        self.objective, self.k, self.alpha = objective, int(k), float(alpha)
-        self.estimator, self.beta = estimator, float(beta)
+        check_range("kl_weight", kl_weight, 0.0)
+        self._init_args = {"objective": objective, "num_samples": int(num_samples), "alpha": float(alpha),
+                           "estimator": estimator, "baseline": baseline, "kl_weight": float(kl_weight),
+                           "in_dim": int(in_dim), "baseline_decay": float(baseline_decay)}
+        self.objective, self.num_samples, self.alpha = objective, int(num_samples), float(alpha)
+        self.estimator, self.kl_weight = estimator, float(kl_weight)
         self.baseline_kind = baseline if estimator == "score" else "none"
         self.baseline: nn.Module | None = None
         if self.baseline_kind == "moving_average":
@@ -164,9 +174,18 @@ class VariationalObjective(nn.Module):
         elif self.baseline_kind == "learned":
             self.baseline = LearnedBaseline(in_dim)
 
+    @property
+    def analytic(self) -> bool:
+        """True for the one-sample reparameterized ELBO, whose KL a Gaussian family computes in closed form."""
+        return self.objective == "elbo" and self.num_samples == 1 and self.estimator == "reparam"
+
+    def to_config(self) -> dict:
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self._init_args)}
+
     def draw(self, q: torch.distributions.Distribution, k: int | None = None) -> Tensor:
         """``k`` samples ``[K, B, ...]`` from the guide: reparameterized or detached per the estimator."""
-        shape = torch.Size([k or self.k])
+        shape = torch.Size([k or self.num_samples])
         return q.rsample(shape) if self.estimator == "reparam" else q.sample(shape).detach()
 
     def forward(self, log_lik: Tensor, log_prior: Tensor, log_q: Tensor, x: Tensor | None = None) -> dict[str, Tensor]:
@@ -176,7 +195,7 @@ class VariationalObjective(nn.Module):
         ``baseline`` (the learned baseline's loss, or 0), and diagnostics ``bound`` (the value of the
         chosen bound), ``elbo``, ``recon`` (``-E log p(x|z)``) and ``kl`` (Monte Carlo KL).
         """
-        log_w = log_lik + self.beta * (log_prior - log_q)
+        log_w = log_lik + self.kl_weight * (log_prior - log_q)
         value = bound(log_w, self.objective, self.alpha)
         base_loss = value.new_zeros(())
         if self.estimator == "score":

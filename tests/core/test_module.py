@@ -63,7 +63,7 @@ def test_every_term_is_logged_by_name(tmp_path):
 
 def test_loss_is_the_weighted_sum_of_terms():
     torch.manual_seed(0)
-    model = _tiny_vae(beta=0.25, plugins=[Recorder("a", 2.0)])
+    model = _tiny_vae(kl_weight=0.25, plugins=[Recorder("a", 2.0)])
     batch = {"x": torch.rand(16, 1, 8, 8)}
     torch.manual_seed(1)
     loss, terms = model.compute_loss(batch, "train")

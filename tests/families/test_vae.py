@@ -103,7 +103,7 @@ def test_sample_shapes_and_ranges(architecture):
     [
         ({"architecture": "transformer"}, r"architecture='transformer'.*mlp"),
         ({"likelihood": "poisson"}, r"likelihood='poisson'.*gaussian"),
-        ({"beta": -1.0}, r"beta=-1.0"),
+        ({"kl_weight": -1.0}, r"kl_weight=-1.0"),
         ({"iwae_k": 0}, r"iwae_k=0"),
         ({"architecture": "conv", "input_shape": [1, 10, 10]}, r"divisible"),
     ],

@@ -31,16 +31,16 @@ def test_cvae_condition_batch_size_and_sample_count():
         CVAE(condition="onehot")
 
 
-@pytest.mark.parametrize("make", [lambda: VariationalObjective("iwae", k=0), lambda: VAE(objective="iwae", k=0),
-                                  lambda: CVAE(objective="iwae", k=-1), lambda: HVAE(objective="iwae", k=0)])
+@pytest.mark.parametrize("make", [lambda: VariationalObjective("iwae", num_samples=0), lambda: VAE(objective="iwae", num_samples=0),
+                                  lambda: CVAE(objective="iwae", num_samples=-1), lambda: HVAE(objective="iwae", num_samples=0)])
 def test_k_below_one(make):
-    with pytest.raises(ValueError, match=r"k=-?\d is out of range; allowed: \[1, inf\)"):
+    with pytest.raises(ValueError, match=r"num_samples=-?\d is out of range; allowed: \[1, inf\)"):
         make()
 
 
 def test_k_not_whole_and_empty_weights():
-    with pytest.raises(ValueError, match=r"k=2.5 must be a whole number"):
-        VariationalObjective("iwae", k=2.5)
+    with pytest.raises(ValueError, match=r"num_samples=2.5 must be a whole number"):
+        VariationalObjective("iwae", num_samples=2.5)
     with pytest.raises(ValueError, match=r"K >= 1, got \(0, 3\)"):
         iwae_bound(torch.zeros(0, 3))
 

@@ -49,7 +49,7 @@ def test_cvae_sprite_samples_have_the_requested_shape():
 
     x, y = sprites(3000, 0)
     m = CVAE(input_shape=[1, 16, 16], latent_dim=4, condition_dim=len(SHAPES), hidden_dims=[256], prior="learned",
-             gsnn_weight=0.2, likelihood="bernoulli", beta=4.0)
+             gsnn_weight=0.2, likelihood="bernoulli", kl_weight=4.0)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(1500):

@@ -20,7 +20,7 @@ def test_passive_dims_correlate_in_mean_not_sampled_reps():
     Statistics on 4000 held-out sprites (sampling noise of a correlation ~ 1/sqrt(4000))."""
     L.seed_everything(0)
     x = render_sprites(sample_factors(500, torch.Generator().manual_seed(0)), 32)
-    m = VAE(input_shape=[1, 32, 32], latent_dim=10, hidden_dims=[128], likelihood="bernoulli", beta=16.0)
+    m = VAE(input_shape=[1, 32, 32], latent_dim=10, hidden_dims=[128], likelihood="bernoulli", kl_weight=16.0)
     opt = torch.optim.Adam(m.parameters(), lr=5e-3)
     for _ in range(600):
         loss, _ = m.compute_loss({"x": x}, "train")

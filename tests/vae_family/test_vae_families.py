@@ -17,7 +17,7 @@ SMALL = {
     "hvae": (HVAE, dict(input_shape=[1, 8, 8], latent_dims=[4, 2], hidden_dims=[32])),
     "vqvae": (VQVAE, dict(input_shape=[1, 8, 8], hidden_dims=[32], codebook_size=8)),
     "cevae": (CEVAE, dict(input_shape=[1, 8, 8], latent_dim=3, hidden_dims=[32], patch_size=0.25)),
-    "vae": (VAE, dict(input_shape=[1, 8, 8], latent_dim=3, hidden_dims=[32], objective="renyi", k=3,
+    "vae": (VAE, dict(input_shape=[1, 8, 8], latent_dim=3, hidden_dims=[32], objective="renyi", num_samples=3,
                       estimator="score", baseline="learned")),
 }
 
@@ -97,7 +97,7 @@ def test_conv_hvae_learns_digits_and_reloads(tmp_path):
     """The conv HVAE (configs/vae/hvae_conv.yaml, 3 of its 8 epochs): validation ELBO rises from the
     untrained ~-44 to above -31 nats (measured -43.9 -> -27.4); a checkpoint reloads to identical outputs."""
     L.seed_everything(0)
-    model = HVAE(input_shape=[1, 8, 8], latent_dims=[8, 4], architecture="conv", conv_channels=[32, 64],
+    model = HVAE(input_shape=[1, 8, 8], latent_dims=[8, 4], architecture="conv", channels=[32, 64],
                  hidden_dims=[128], likelihood="bernoulli", lr=3e-3)
     dm = DigitsDataModule(batch_size=128)
     trainer = quiet_trainer(tmp_path, max_epochs=3)
@@ -115,8 +115,8 @@ def test_conv_hvae_learns_digits_and_reloads(tmp_path):
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert torch.equal(model.sample(4, generator=g()), again.sample(4, generator=g()))
     # the Monte Carlo objectives ([K, B, d] latents between the levels) run through the conv networks too
-    iw = HVAE(input_shape=[1, 8, 8], latent_dims=[4, 2], architecture="conv", conv_channels=[8, 8], hidden_dims=[16],
-              encoder_variance="fixed", likelihood="bernoulli", objective="iwae", k=3)
+    iw = HVAE(input_shape=[1, 8, 8], latent_dims=[4, 2], architecture="conv", channels=[8, 8], hidden_dims=[16],
+              encoder_variance="fixed", likelihood="bernoulli", objective="iwae", num_samples=3)
     loss, _ = iw.compute_loss({"x": x}, "train")
     assert loss.isfinite()
     with pytest.raises(ValueError, match=r"architecture='conv' needs input_shape \[C, H, W\]; got \[64\]"):

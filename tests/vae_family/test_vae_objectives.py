@@ -34,7 +34,7 @@ def test_elbo_at_exact_posterior_equals_log_evidence():
     L.seed_everything(0)
     x = torch.tensor([0.3, -1.2, 2.0])
     post, log_px = exact(x)
-    obj = VariationalObjective("elbo", k=16)
+    obj = VariationalObjective("elbo", num_samples=16)
     z = obj.draw(post)
     terms = obj(*model_terms(x, z), post.log_prob(z))
     # At the exact posterior every weight equals p(x): the bound is exact with zero variance.
@@ -72,7 +72,7 @@ def test_score_and_reparam_gradients_agree(objective, baseline):
     n = 20000
     grads = {}
     for est in ("reparam", "score"):
-        obj = VariationalObjective(objective, k=4, estimator=est, baseline=baseline)
+        obj = VariationalObjective(objective, num_samples=4, estimator=est, baseline=baseline)
         m = torch.zeros(n, requires_grad=True)  # n independent copies -> n i.i.d. gradient estimates
         log_s = torch.full((n,), -0.5, requires_grad=True)
         if baseline == "moving_average" and est == "score":  # warm the average up on other draws
@@ -94,22 +94,22 @@ def test_score_and_reparam_gradients_agree(objective, baseline):
 
 
 def test_bad_input_k_alpha_objective():
-    with pytest.raises(ValueError, match=r"k=0.*\[1"):
-        VariationalObjective("iwae", k=0)
+    with pytest.raises(ValueError, match=r"num_samples=0.*\[1"):
+        VariationalObjective("iwae", num_samples=0)
     with pytest.raises(ValueError, match=r"alpha=1.5"):
         VariationalObjective("renyi", alpha=1.5)
     with pytest.raises(ValueError, match=r"alpha=-0.1"):
         renyi_bound(torch.zeros(2, 3), -0.1)
     with pytest.raises(ValueError, match="objective='foo'"):
         VariationalObjective("foo")
-    with pytest.raises(ValueError, match="k=0"):
-        VAE(input_shape=[4], latent_dim=2, objective="iwae", k=0)
+    with pytest.raises(ValueError, match="num_samples=0"):
+        VAE(input_shape=[4], latent_dim=2, objective="iwae", num_samples=0)
     with pytest.raises(ValueError, match="estimator='pathwise'"):
         VAE(input_shape=[4], latent_dim=2, estimator="pathwise")
 
 
-@pytest.mark.parametrize("cfg", [dict(objective="iwae", k=5), dict(objective="renyi", k=5, alpha=0.5),
-                                 dict(objective="elbo", k=2, estimator="score", baseline="learned")])
+@pytest.mark.parametrize("cfg", [dict(objective="iwae", num_samples=5), dict(objective="renyi", num_samples=5, alpha=0.5),
+                                 dict(objective="elbo", num_samples=2, estimator="score", baseline="learned")])
 def test_vae_trains_with_selected_objective(cfg):
     L.seed_everything(0)
     from lightning_vi.data.linear import ppca_data

@@ -42,11 +42,11 @@ def test_linear_cvae_and_vae_collapse_match_theory():
     pred_vae = linear_cvae_collapse_prediction(x, None, 4, beta, SIGMA)
     assert (pred_cvae, pred_vae) == (2, 0)  # the condition explains 2 directions -> 2 more collapse
     cvae = CVAE(input_shape=[D], latent_dim=4, condition="vector", condition_dim=3, condition_key="c",
-                architecture="linear", likelihood="gaussian", obs_std=SIGMA, beta=beta)
+                architecture="linear", likelihood="gaussian", obs_std=SIGMA, kl_weight=beta)
     kl = fit(cvae, {"x": x, "c": c})["kl_per_dim"]
     assert int((kl < 0.02).sum()) == pred_cvae, kl
     assert bool((kl[kl >= 0.02] > 0.2).all()), kl  # the others are clearly active
-    vae = VAE(input_shape=[D], latent_dim=4, architecture="linear", obs_std=SIGMA, beta=beta)
+    vae = VAE(input_shape=[D], latent_dim=4, architecture="linear", obs_std=SIGMA, kl_weight=beta)
     kl = fit(vae, {"x": x})["kl_per_dim"]
     assert int((kl < 0.02).sum()) == pred_vae, kl
 
@@ -57,7 +57,7 @@ def test_hvae_learnable_encoder_variance_collapses_second_level():
     var2 = {}
     for ev in ("learnable", "fixed"):
         m = HVAE(input_shape=[D], latent_dims=[4, 2], architecture="linear", encoder_variance=ev,
-                 encoder_std=0.3, obs_std=SIGMA, beta=[1.0, 1.5])
+                 encoder_std=0.3, obs_std=SIGMA, kl_weight=[1.0, 1.5])
         fit(m, {"x": x})
         with torch.no_grad():
             var2[ev] = m.encode(x)[0][:, 4:].var(0)  # activity of z2: variance of its posterior mean

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.distributions import gaussian_kl
 
 
 def _inv_softplus(y: float) -> float:
@@ -75,12 +76,12 @@ class _BayesLayer(nn.Module):
 
     def kl(self) -> Tensor:
         """``sum KL(N(mu, sigma^2) || N(0, prior_std^2))`` over weights (in the mask) and biases."""
-        kl = _gauss_kl(self.weight_mu, self.weight_std, self.prior_std)
+        kl = gaussian_kl(self.weight_mu, 2 * torch.log(self.weight_std), 0.0, 2 * math.log(self.prior_std))
         if self.weight_mask is not None:
             kl = kl * self.weight_mask
         total = kl.sum()
         if self.bias_mu is not None:
-            total = total + _gauss_kl(self.bias_mu, self.bias_std, self.prior_std).sum()
+            total = total + gaussian_kl(self.bias_mu, 2 * torch.log(self.bias_std), 0.0, 2 * math.log(self.prior_std)).sum()
         return total
 
     def num_active(self) -> int:
@@ -102,11 +103,6 @@ class _BayesLayer(nn.Module):
         b_var = None if self.bias_mu is None else self.bias_std.pow(2)
         var = self._op(x.pow(2), w_var, b_var)
         return mean + var.clamp_min(1e-16).sqrt() * torch.randn_like(mean)
-
-
-def _gauss_kl(mu: Tensor, std: Tensor, prior_std: float) -> Tensor:
-    """Elementwise KL(N(mu, std^2) || N(0, prior_std^2))."""
-    return math.log(prior_std) - torch.log(std) + (std.pow(2) + mu.pow(2)) / (2 * prior_std ** 2) - 0.5
 
 
 class BayesLinear(_BayesLayer):

@@ -24,15 +24,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.distributions import gaussian_kl
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
-
-
-def _kl(mu_q: Tensor, ls_q: Tensor, mu_p: Tensor, ls_p: Tensor) -> Tensor:
-    """KL between diagonal Gaussians given means and log-stds, summed over the last axis."""
-    return (ls_p - ls_q + (torch.exp(2 * ls_q) + (mu_q - mu_p) ** 2) / (2 * torch.exp(2 * ls_p)) - 0.5).sum(-1)
 
 
 @FAMILIES.register("pvrnn")
@@ -121,7 +117,7 @@ class PVRNN(VIModule):
                     mu_q = torch.tanh(a_mu[:, t, offset:offset + zl])
                     ls_q = a_sigma[:, t, offset:offset + zl].clamp(-6, 3)
                     z = mu_q + torch.exp(ls_q) * torch.randn_like(mu_q) if sample else mu_q
-                    kl_t = kl_t + _kl(mu_q, ls_q, mu_p, ls_p)
+                    kl_t = kl_t + gaussian_kl(mu_q, 2 * ls_q, mu_p, 2 * ls_p).sum(-1)
                 else:
                     z = mu_p
                 inp = [d_prev[l], z] + ([d_new[l + 1]] if l + 1 < self.n_layers else [])

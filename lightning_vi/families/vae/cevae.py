@@ -17,12 +17,11 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.core.distributions import Likelihood, gaussian_kl
 from lightning_vi.families.vae.vae import VAE
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -64,7 +63,13 @@ def random_patch_mask(x: Tensor, size: float, n_patches: int = 1, generator: tor
 class CEVAE(VAE):
     """Context-encoding VAE with anomaly scores and maps (image inputs ``[C, H, W]``).
 
-    Args (beyond ``vae``'s):
+    The other arguments are the VAE's (:class:`VAE`); the encoder and decoder are the VAE's parts.
+
+    Args:
+        input_shape: image shape ``[C, H, W]``.
+        latent_dim: number of latent dimensions.
+        hidden_dims: MLP hidden widths.
+        likelihood: as for ``vae`` (default ``"bernoulli"``).
         ce_weight: weight of the context-encoding (inpainting) loss; 0 gives the plain VAE.
         patch_size: side of the corrupted squares as a fraction of the image side.
         n_patches: corrupted squares per image.
@@ -75,27 +80,13 @@ class CEVAE(VAE):
         self,
         input_shape: list[int] = (1, 32, 32),
         latent_dim: int = 16,
-        architecture: str = "mlp",
         hidden_dims: list[int] = (512, 256),
-        conv_channels: list[int] = (32, 64),
-        likelihood: str = "bernoulli",
-        obs_std: float | None = None,
-        beta: float = 1.0,
-        iwae_k: int = 64,
-        objective: str = "elbo",
-        k: int = 1,
-        alpha: float = 0.5,
-        estimator: str = "reparam",
-        baseline: str = "moving_average",
+        likelihood: Union[str, Likelihood] = "bernoulli",
         ce_weight: float = 1.0,
         patch_size: float = 0.25,
         n_patches: int = 1,
         map_method: str = "recon",
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         if len(input_shape) != 3:
             raise ValueError(f"input_shape={list(input_shape)!r}: cevae needs images [C, H, W]")
@@ -103,13 +94,10 @@ class CEVAE(VAE):
         check_range("patch_size", patch_size, 0.0, 1.0, low_open=True)
         check_range("n_patches", n_patches, 1)
         check_choice("map_method", map_method, ("recon", "combined"))
-        super().__init__(input_shape=input_shape, latent_dim=latent_dim, architecture=architecture,
-                         hidden_dims=hidden_dims, conv_channels=conv_channels, likelihood=likelihood,
-                         obs_std=obs_std, beta=beta, iwae_k=iwae_k, objective=objective, k=k, alpha=alpha,
-                         estimator=estimator, baseline=baseline, plugins=plugins, optimizer=optimizer,
-                         lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        super().__init__(input_shape=input_shape, latent_dim=latent_dim, hidden_dims=hidden_dims,
+                         likelihood=likelihood, **kwargs)
         self.save_hyperparameters()
-        self.ce_weight = ce_weight
+        self.ce_weight, self.patch_size, self.n_patches, self.map_method = ce_weight, patch_size, n_patches, map_method
         if ce_weight > 0:
             self.term_weights["ce"] = ce_weight
 
@@ -117,7 +105,7 @@ class CEVAE(VAE):
         out = super().objective(batch)
         if self.ce_weight > 0:
             x = batch["x"]
-            mask = random_patch_mask(x, self.hparams.patch_size, self.hparams.n_patches)
+            mask = random_patch_mask(x, self.patch_size, self.n_patches)
             corrupted = torch.where(mask, torch.rand_like(x), x)
             params = self.decode(self.encode(corrupted)[0])
             out["ce"] = -self.observation(params).log_prob(x).mean()
@@ -125,7 +113,7 @@ class CEVAE(VAE):
 
     def anomaly_map(self, x: Tensor, method: str | None = None) -> Tensor:
         """Pixel-wise anomaly map ``[B, C, H, W]`` (higher = more anomalous)."""
-        method = method or self.hparams.map_method
+        method = method or self.map_method
         check_choice("method", method, ("recon", "combined"))
         with torch.no_grad():
             rec = self(x)
@@ -135,7 +123,7 @@ class CEVAE(VAE):
         with torch.enable_grad():
             xg = x.detach().clone().requires_grad_(True)
             mu, log_var = self.encode(xg)
-            kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum()
+            kl = gaussian_kl(mu, log_var).sum()
             rec_loss = -self.observation(self.decode(mu)).log_prob(xg).sum()
             (grad,) = torch.autograd.grad(kl + rec_loss, xg)
         return err * grad.abs()

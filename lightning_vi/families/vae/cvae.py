@@ -6,14 +6,17 @@ recognition network ``q(z|x, c)``. The loss is P12's hybrid (weighted) bound, Eq
 
     loss = (1 - gsnn_weight) * (-ELBO_CVAE) + gsnn_weight * (-E_{z ~ p(z|c)} log p(x|z, c))
 
-with ``-ELBO_CVAE = -E_q log p(x|z,c) + beta * KL(q(z|x,c) || p(z|c))`` (Eq. 4). The condition ``c``
+with ``-ELBO_CVAE = -E_q log p(x|z,c) + kl_weight * KL(q(z|x,c) || p(z|c))`` (Eq. 4). The condition ``c``
 is ``batch[condition_key]``: class labels (``condition="label"``, one-hot with ``condition_dim``
 classes) or attribute vectors (``condition="vector"`` of size ``condition_dim``).
 
 ``architecture="linear"``: linear encoder mean over ``[x, c]`` with a learnable data-independent
 diagonal variance and a linear decoder over ``[z, c]``: P01's linear CVAE, whose collapsed dimensions
 are those where the eigenvalues of the output covariance left unexplained by ``c`` fall below
-``beta * sigma^2`` (see :func:`linear_cvae_collapse_prediction`).
+``kl_weight * sigma^2`` (see :func:`linear_cvae_collapse_prediction`).
+
+A subclass of :class:`~lightning_vi.families.vae.vae.VAE`: the same parts (its ``encoder`` is called as
+``encoder(x, c)``, its ``decoder`` on ``[z, c]``) and objectives, with the hooks ``condition`` and ``prior``.
 """
 
 from __future__ import annotations
@@ -23,21 +26,13 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
-from lightning_vi.core.distributions import diag_normal, likelihood
-from lightning_vi.core.module import VIModule
-from lightning_vi.core.objectives import VariationalObjective, elbo_terms, iwae_bound
-from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
-from lightning_vi.plugins.base import Plugin
+from lightning_vi.core.distributions import Likelihood
+from lightning_vi.families.vae.vae import VAE
+from lightning_vi.nn import MLP, ConditionalEncoder, ConvEncoder, LinearGaussianEncoder, make_decoder
 from lightning_vi.registry import FAMILIES
-
-
-def gaussian_kl(mu_q: Tensor, log_var_q: Tensor, mu_p: Tensor, log_var_p: Tensor) -> Tensor:
-    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per dimension."""
-    return 0.5 * (log_var_p - log_var_q + (log_var_q.exp() + (mu_q - mu_p).pow(2)) / log_var_p.exp() - 1.0)
 
 
 def linear_cvae_collapse_prediction(x: Tensor, c: Tensor | None, latent_dim: int, beta: float, sigma: float) -> int:
@@ -62,103 +57,75 @@ def linear_cvae_collapse_prediction(x: Tensor, c: Tensor | None, latent_dim: int
 
 
 @FAMILIES.register("cvae")
-class CVAE(VIModule):
+class CVAE(VAE):
     """Conditional VAE on labels or attribute vectors with P12's weighted (hybrid) bound.
 
+    The other arguments are the VAE's (:class:`VAE`).
+
     Args:
-        input_shape: shape of one example. latent_dim: latent size.
         condition: ``"label"`` (integer class ids) or ``"vector"`` (float attributes).
         condition_dim: number of classes (labels) or attribute size (vectors).
         condition_key: batch key of the condition (``"y"`` by default).
-        architecture: ``"mlp"``, ``"conv"`` or ``"linear"`` (P01's linear CVAE).
         prior: ``"standard"`` N(0, I) or ``"learned"`` N(mu(c), diag var(c)) (P12's prior network).
         gsnn_weight: weight of the GSNN term in the hybrid loss (needs ``prior="learned"`` if > 0).
-        likelihood, obs_std, beta, iwae_k, objective, k, alpha, estimator, baseline: as for ``vae``.
+        input_shape: shape of one example.
+        likelihood: as for ``vae`` (default ``"bernoulli"``).
     """
+
+    renamed_state_keys = (("encoder_x.", "encoder.features."), ("encoder_head.", "encoder.head."),
+                          ("enc_log_var", "encoder.head.log_var"), *VAE.renamed_state_keys)
 
     def __init__(
         self,
         input_shape: list[int] = (1, 32, 32),
-        latent_dim: int = 8,
         condition: str = "label",
         condition_dim: int = 3,
         condition_key: str = "y",
-        architecture: str = "mlp",
-        hidden_dims: list[int] = (256, 128),
-        conv_channels: list[int] = (32, 64),
         prior: str = "standard",
         gsnn_weight: float = 0.0,
-        likelihood: str = "bernoulli",
-        obs_std: float | None = None,
-        beta: float = 1.0,
-        iwae_k: int = 64,
-        objective: str = "elbo",
-        k: int = 1,
-        alpha: float = 0.5,
-        estimator: str = "reparam",
-        baseline: str = "moving_average",
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        likelihood: Union[str, Likelihood] = "bernoulli",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
         check_choice("condition", condition, ("label", "vector"))
-        check_choice("architecture", architecture, ("mlp", "conv", "linear"))
         check_choice("prior", prior, ("standard", "learned"))
-        check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
         check_range("condition_dim", condition_dim, 1)
-        check_range("latent_dim", latent_dim, 1)
         check_range("gsnn_weight", gsnn_weight, 0.0, 1.0)
-        check_range("beta", beta, 0.0)
-        check_range("iwae_k", iwae_k, 1)
         if gsnn_weight > 0 and prior != "learned":
             raise ValueError(f"gsnn_weight={gsnn_weight!r} needs prior='learned' (got prior={prior!r})")
-        if obs_std is not None:
-            check_range("obs_std", obs_std, 0.0, low_open=True)
+        # plain attributes read by the default_* hooks during VAE.__init__
+        self.condition_dim, self.condition_kind, self.condition_key = int(condition_dim), condition, condition_key
+        super().__init__(input_shape=input_shape, likelihood=likelihood, **kwargs)
         self.save_hyperparameters()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.latent_dim, self.condition_dim, self.likelihood = latent_dim, condition_dim, likelihood
-        self.event_dims = len(self.input_shape)
-        d_in, dc = math.prod(self.input_shape), condition_dim
-        if architecture == "conv":
-            if len(self.input_shape) != 3:
-                raise ValueError(f"architecture='conv' needs input_shape [C, H, W], got {list(input_shape)}")
-            width = list(hidden_dims)[-1] if hidden_dims else 128
-            self.encoder_x = ConvEncoder(self.input_shape, conv_channels, width)
-            self.encoder_head = MLP(width + dc, [width], 2 * latent_dim)
-            self.decoder = ConvDecoder(latent_dim + dc, conv_channels, self.input_shape)
-        elif architecture == "mlp":
-            self.encoder_x = nn.Flatten(1)
-            self.encoder_head = MLP(d_in + dc, hidden_dims, 2 * latent_dim)
-            self.decoder = nn.Sequential(MLP(latent_dim + dc, list(hidden_dims)[::-1], d_in),
-                                         nn.Unflatten(1, self.input_shape))
-        else:
-            self.encoder_x = nn.Flatten(1)
-            self.encoder_head = MLP(d_in + dc, [], latent_dim)
-            self.enc_log_var = nn.Parameter(torch.zeros(latent_dim))
-            self.decoder = nn.Sequential(MLP(latent_dim + dc, [], d_in), nn.Unflatten(1, self.input_shape))
-        self.prior_net = MLP(dc, [] if architecture == "linear" else [64], 2 * latent_dim) if prior == "learned" else None
-        self.log_obs_std = (
-            nn.Parameter(torch.zeros(())) if likelihood == "gaussian" and obs_std is None
-            else (torch.tensor(math.log(obs_std)) if obs_std is not None else None)
-        )
-        self.vi_objective = VariationalObjective(objective, k, alpha, estimator, baseline, beta, in_dim=d_in)
-        self.analytic = objective == "elbo" and k == 1 and estimator == "reparam"
-        self.beta, self.gsnn_weight = beta, gsnn_weight
-        base = {"recon": 1.0, "kl": beta} if self.analytic else self.vi_objective.weights()
+        linear = self.architecture == "linear"
+        self.prior_net = MLP(condition_dim, [] if linear else [64], 2 * self.latent_dim) if prior == "learned" else None
+        self.gsnn_weight = gsnn_weight
         w = 1.0 - gsnn_weight
-        self.term_weights = {name: w * v for name, v in base.items()}
+        self.term_weights = {name: w * v for name, v in self.term_weights.items()}
         if gsnn_weight > 0:
             self.term_weights["gsnn_recon"] = gsnn_weight
+
+    def default_encoder(self, architecture: str, latent_dim: int, hidden_dims: list[int], channels: list[int]) -> nn.Module:
+        """``q(z|x, c)``: features of ``x`` (flattened, or a conv encoder of width ``hidden_dims[-1]``) and a head on ``[features, c]``."""
+        d_in, dc = math.prod(self.input_shape), self.condition_dim
+        if architecture == "conv":
+            if len(self.input_shape) != 3:
+                raise ValueError(f"architecture='conv' needs input_shape [C, H, W]; got {list(self.input_shape)}")
+            width = list(hidden_dims)[-1] if hidden_dims else 128
+            return ConditionalEncoder(ConvEncoder(self.input_shape, channels, width), MLP(width + dc, [width], 2 * latent_dim))
+        if architecture == "linear":
+            return ConditionalEncoder(nn.Flatten(1), LinearGaussianEncoder(d_in + dc, latent_dim))
+        check_choice("architecture", architecture, ("mlp", "conv", "linear"))
+        return ConditionalEncoder(nn.Flatten(1), MLP(d_in + dc, hidden_dims, 2 * latent_dim))
+
+    def default_decoder(self, architecture: str, latent_dim: int, hidden_dims: list[int], channels: list[int]) -> nn.Module:
+        """``p(x|z, c)`` on ``[z, c]``."""
+        return make_decoder(architecture, latent_dim + self.condition_dim, self.input_shape, hidden_dims, channels)
 
     # -- condition -----------------------------------------------------------------------------
     def condition_vector(self, c: Tensor) -> Tensor:
         """Validate the condition and return it as ``[B, condition_dim]`` floats (one-hot for labels)."""
-        key = f"batch[{self.hparams.condition_key!r}]"
-        if self.hparams.condition == "label":
+        key = f"batch[{self.condition_key!r}]"
+        if self.condition_kind == "label":
             if c.ndim != 1 or c.is_floating_point():
                 raise ValueError(f"{key} must hold integer class labels of shape [B]; got dtype {c.dtype} "
                                  f"and shape {tuple(c.shape)}")
@@ -174,8 +141,8 @@ class CVAE(VIModule):
                              f"(condition_dim={self.condition_dim})")
         return c
 
-    def _condition(self, batch: dict[str, Any]) -> Tensor:
-        key = self.hparams.condition_key
+    def condition(self, batch: dict[str, Any]) -> Tensor:
+        key = self.condition_key
         if key not in batch:
             raise KeyError(f"CVAE needs the condition batch[{key!r}]; the batch has {sorted(batch)}. "
                            "Set model.init_args.condition_key.")
@@ -188,33 +155,17 @@ class CVAE(VIModule):
     # -- model ---------------------------------------------------------------------------------
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(mu, log_var)`` of q(z|x, c); ``c`` as ``[B, condition_dim]`` (zeros if omitted)."""
-        if c is None:
-            c = x.new_zeros(x.shape[0], self.condition_dim)
-        h = self.encoder_head(torch.cat([self.encoder_x(x), c], dim=1))
-        if self.hparams.architecture == "linear":
-            return h, self.enc_log_var.expand_as(h)
-        mu, log_var = h.chunk(2, dim=-1)
-        return mu, log_var.clamp(-30.0, 20.0)
+        return super().encode(x, x.new_zeros(x.shape[0], self.condition_dim) if c is None else c)
 
-    def prior(self, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``(mu, log_var)`` of p(z|c)."""
+    def prior(self, mu: Tensor | None, c: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """``(mu, log_var)`` of p(z|c) (``None, None`` for the standard normal prior)."""
         if self.prior_net is None:
-            z = c.new_zeros(c.shape[0], self.latent_dim)
-            return z, z
+            return None, None
         mu, log_var = self.prior_net(c).chunk(2, dim=-1)
         return mu, log_var.clamp(-10.0, 10.0)
 
     def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
-        if c is None:
-            c = z.new_zeros(z.shape[0], self.condition_dim)
-        return self.decoder(torch.cat([z, c], dim=1))
-
-    def observation(self, params: Tensor):
-        log_std = None if self.log_obs_std is None else self.log_obs_std.to(params)
-        return likelihood(self.likelihood, params, self.event_dims, log_std)
-
-    def mean(self, params: Tensor) -> Tensor:
-        return torch.sigmoid(params) if self.likelihood == "bernoulli" else params
+        return super().decode(z, z.new_zeros(z.shape[0], self.condition_dim) if c is None else c)
 
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         cv = None if c is None else self.condition_vector(c)
@@ -227,53 +178,25 @@ class CVAE(VIModule):
         Without a condition, labels cycle through the classes (zeros for vector conditions).
         """
         if condition is None:
-            condition = (torch.arange(n) % self.condition_dim if self.hparams.condition == "label"
+            condition = (torch.arange(n) % self.condition_dim if self.condition_kind == "label"
                          else torch.zeros(n, self.condition_dim))
         condition = torch.as_tensor(condition)
-        if self.hparams.condition == "label" and condition.ndim == 0:
+        if self.condition_kind == "label" and condition.ndim == 0:
             condition = condition.repeat(n)
         c = self.condition_vector(condition).to(self.device)
         if c.shape[0] != n:
             raise ValueError(f"condition has {c.shape[0]} rows; expected n={n} (one per sample) or a single label")
-        mu, log_var = self.prior(c)
         eps = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
-        return self.mean(self.decode(mu + eps * torch.exp(0.5 * log_var), c))
+        mu, log_var = self.prior(None, c)
+        return self.mean(self.decode(eps if mu is None else mu + eps * torch.exp(0.5 * log_var), c))
 
     # -- objective -----------------------------------------------------------------------------
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        x = batch["x"]
-        c = self._condition(batch)
-        mu, log_var = self.encode(x, c)
-        p_mu, p_lv = self.prior(c)
-        if self.analytic:
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
-            log_px = self.observation(self.decode(z, c)).log_prob(x)
-            kl_dims = gaussian_kl(mu, log_var, p_mu, p_lv)
-            out = {**elbo_terms(log_px, kl_dims.sum(-1)), "z": z}
-        else:
-            q = diag_normal(mu, log_var)
-            z = self.vi_objective.draw(q)
-            kk = z.shape[0]
-            cc = c.unsqueeze(0).expand(kk, *c.shape)
-            params = self.decode(z.flatten(0, 1), cc.flatten(0, 1)).view(kk, x.shape[0], *self.input_shape)
-            log_lik = self.observation(params).log_prob(x.unsqueeze(0).expand_as(params))
-            out = {**self.vi_objective(log_lik, diag_normal(p_mu, p_lv).log_prob(z), q.log_prob(z), x), "z": z[0]}
-            kl_dims = gaussian_kl(mu, log_var, p_mu, p_lv).detach()
+        """The VAE terms with p(z|c), plus the GSNN reconstruction from z ~ p(z|c) (P12, Eq. 6)."""
+        out = super().objective(batch)
         if self.gsnn_weight > 0:
+            x, c = batch["x"], self.condition(batch)
+            p_mu, p_lv = self.prior(None, c)
             zp = p_mu + torch.randn_like(p_mu) * torch.exp(0.5 * p_lv)
             out["gsnn_recon"] = -self.observation(self.decode(zp, c)).log_prob(x).mean()
-        return {**out, "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0)}
-
-    def log_importance_weights(self, x: Tensor, k: int, c: Tensor) -> Tensor:
-        """``log p(x, z_k | c) - log q(z_k | x, c)``; shape ``[k, B]`` (``c`` as ``[B, condition_dim]``)."""
-        mu, log_var = self.encode(x, c)
-        q, p = diag_normal(mu, log_var), diag_normal(*self.prior(c))
-        z = q.sample((k,))
-        cc = c.unsqueeze(0).expand(k, *c.shape).flatten(0, 1)
-        params = self.decode(z.flatten(0, 1), cc).view(k, x.shape[0], *self.input_shape)
-        return self.observation(params).log_prob(x.unsqueeze(0).expand_as(params)) + p.log_prob(z) - q.log_prob(z)
-
-    def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        with torch.no_grad():
-            lw = self.log_importance_weights(batch["x"], self.hparams.iwae_k, self._condition(batch))
-        return {"iwae": iwae_bound(lw).mean()}
+        return out

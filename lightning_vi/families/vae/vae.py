@@ -1,51 +1,76 @@
 """Variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational Bayes").
 
-Loss (negative beta-ELBO, Higgins et al. 2017): ``recon + beta * kl`` with
+Loss (negative beta-ELBO, Higgins et al. 2017): ``recon + kl_weight * kl`` with
 ``recon = -E_q log p(x|z)`` (one reparameterized sample, Eq. 7) and the analytic Gaussian KL
 (App. B). At test time the importance-weighted bound of Burda et al. (2016, Eq. 8) with ``iwae_k``
 samples estimates log p(x).
 
-``objective`` / ``k`` / ``alpha`` / ``estimator`` / ``baseline`` swap in any bound and gradient
-estimator of :mod:`lightning_vi.core.objectives` (ELBO with Monte Carlo KL, IWAE, Renyi; reparameterized
-or score-function gradients). The default (``elbo``, ``k=1``, ``reparam``) is the analytic-KL loss above.
+The family is composed of four parts, each replaceable from YAML by ``class_path`` (docs/concepts.md):
+``encoder`` (``x -> [mu, log_var]``), ``decoder`` (``z -> likelihood parameters``), ``likelihood``
+(:class:`~lightning_vi.core.distributions.Likelihood`) and ``objective``
+(:class:`~lightning_vi.core.objectives.VariationalObjective`: ELBO with Monte Carlo KL, IWAE, Renyi;
+reparameterized or score-function gradients). Parts not given are built by name from ``architecture``,
+``likelihood`` and ``objective`` (``nn.factories``). The default (``elbo``, one sample, ``reparam``) is the
+analytic-KL loss above. :class:`~lightning_vi.families.vae.cvae.CVAE`, ``HVAE`` and ``CEVAE`` subclass
+this class and override the hooks ``condition`` / ``encode`` / ``prior`` / ``decode``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.distributions import Independent
 
-from lightning_vi.core.checks import check_choice, check_range
-from lightning_vi.core.distributions import diag_normal, gaussian_kl_per_dim, likelihood, standard_normal_like
-from lightning_vi.core.module import VIModule
+from lightning_vi.core.checks import check_range
+from lightning_vi.core.distributions import Likelihood, diag_normal, gaussian_kl, make_likelihood
+from lightning_vi.core.module import VIModule, resolve_part
 from lightning_vi.core.objectives import VariationalObjective, elbo_terms, iwae_bound
-from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
-from lightning_vi.plugins.base import Plugin
+from lightning_vi.nn.factories import ARCHITECTURES, make_decoder, make_gaussian_encoder
 from lightning_vi.registry import FAMILIES
 
-ARCHITECTURES = ("mlp", "conv", "linear")
+__all__ = ["VAE", "ARCHITECTURES"]
 
 
 @FAMILIES.register("vae")
 class VAE(VIModule):
-    """VAE with Gaussian or Bernoulli likelihood, MLP/conv/linear networks and a beta weight.
+    """VAE with injected (or named) encoder, decoder, likelihood and objective, and a KL weight.
 
     Args:
         input_shape: shape of one example, e.g. ``[1, 8, 8]`` (images) or ``[10]`` (vectors).
         latent_dim: number of latent dimensions.
-        architecture: ``"mlp"``, ``"conv"`` (images; stride-2 convs) or ``"linear"`` (linear encoder
-            mean with a data-independent diagonal variance and a linear decoder: probabilistic PCA).
-        hidden_dims: MLP hidden widths. conv_channels: channels of the stride-2 conv blocks.
-        likelihood: ``"gaussian"`` (learned shared std unless ``obs_std`` is set) or ``"bernoulli"``.
-        beta: weight of the KL term (beta-VAE). iwae_k: samples of the test-time IWAE estimate.
-        objective: training bound ``"elbo"``, ``"iwae"`` or ``"renyi"``; k: samples per example;
-            alpha: Renyi order in [0, 1]; estimator: ``"reparam"`` or ``"score"``; baseline:
-            ``"none"``, ``"moving_average"`` or ``"learned"`` (score estimator).
+        architecture: default encoder/decoder: ``"mlp"``, ``"conv"`` (images; stride-2 convs) or ``"linear"``
+            (linear encoder mean with a data-independent diagonal variance and a linear decoder: probabilistic PCA).
+        hidden_dims: MLP hidden widths (of the default encoder; mirrored in the decoder).
+        channels: channels of the stride-2 conv blocks (``architecture="conv"``).
+        likelihood: ``"gaussian"`` (learned shared std unless ``obs_std`` is set), ``"bernoulli"`` or a
+            ``Likelihood`` part.
+        obs_std: fixed std of the Gaussian likelihood (None = learned).
+        kl_weight: weight of the KL term (beta-VAE, Higgins et al. 2017).
+        iwae_k: samples of the test-time IWAE estimate.
+        objective: training bound ``"elbo"``, ``"iwae"`` or ``"renyi"`` (built with ``num_samples``, ``alpha``,
+            ``estimator``, ``baseline`` and ``kl_weight``) or a ``VariationalObjective`` part (whose own
+            ``kl_weight`` then applies).
+        num_samples: samples per example of the training bound.
+        alpha: Renyi order in [0, 1].
+        estimator: ``"reparam"`` or ``"score"``.
+        baseline: ``"none"``, ``"moving_average"`` or ``"learned"`` (score estimator).
+        encoder: module ``x [B, *input_shape] -> [B, 2 * latent_dim]`` (mean, then log-variance); None = built
+            from ``architecture``.
+        decoder: module ``z [B, latent_dim] -> [B, *input_shape]`` likelihood parameters; None = built from
+            ``architecture``.
+        beta: deprecated name of ``kl_weight``.
+        k: deprecated name of ``num_samples``.
+        conv_channels: deprecated name of ``channels``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
+
+    #: State-dict keys of releases before the parts were injected (on_load_checkpoint renames them).
+    renamed_state_keys = (("enc_log_var", "encoder.log_var"), ("log_obs_std", "likelihood.log_std"),
+                          ("log_obs_std", None))
 
     def __init__(
         self,
@@ -53,75 +78,83 @@ class VAE(VIModule):
         latent_dim: int = 8,
         architecture: str = "mlp",
         hidden_dims: list[int] = (256, 128),
-        conv_channels: list[int] = (32, 64),
-        likelihood: str = "gaussian",
-        obs_std: float | None = None,
-        beta: float = 1.0,
+        channels: list[int] = (32, 64),
+        likelihood: Union[str, Likelihood] = "gaussian",
+        obs_std: Optional[float] = None,
+        kl_weight: float = 1.0,
         iwae_k: int = 64,
-        objective: str = "elbo",
-        k: int = 1,
+        objective: Union[str, VariationalObjective] = "elbo",
+        num_samples: int = 1,
         alpha: float = 0.5,
         estimator: str = "reparam",
         baseline: str = "moving_average",
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        encoder: Optional[nn.Module] = None,
+        decoder: Optional[nn.Module] = None,
+        beta: Optional[float] = None,
+        k: Optional[int] = None,
+        conv_channels: Optional[list[int]] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
-        check_choice("architecture", architecture, ARCHITECTURES)
-        check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
-        check_range("beta", beta, 0.0)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 1.0)
+        num_samples = self.rename_argument("k", k, "num_samples", num_samples, 1)
+        channels = self.rename_argument("conv_channels", conv_channels, "channels", channels, (32, 64))
+        self.save_hyperparameters()
+        check_range("kl_weight", kl_weight, 0.0)
         check_range("latent_dim", latent_dim, 1)
         check_range("iwae_k", iwae_k, 1)
-        if obs_std is not None:
-            check_range("obs_std", obs_std, 0.0, low_open=True)
-        self.save_hyperparameters()
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.latent_dim, self.likelihood, self.beta, self.iwae_k = latent_dim, likelihood, beta, iwae_k
+        self.latent_dim, self.iwae_k, self.architecture = int(latent_dim), int(iwae_k), architecture
         self.event_dims = len(self.input_shape)
         d_in = math.prod(self.input_shape)
-        if architecture == "conv":
-            if len(self.input_shape) != 3:
-                raise ValueError(f"architecture='conv' needs input_shape [C, H, W], got {list(input_shape)}")
-            self.encoder = ConvEncoder(self.input_shape, conv_channels, 2 * latent_dim)
-            self.decoder = ConvDecoder(latent_dim, conv_channels, self.input_shape)
-        elif architecture == "mlp":
-            self.encoder = MLP(d_in, hidden_dims, 2 * latent_dim)
-            self.decoder = nn.Sequential(MLP(latent_dim, list(hidden_dims)[::-1], d_in), nn.Unflatten(1, self.input_shape))
-        else:
-            self.encoder = MLP(d_in, [], latent_dim)
-            self.enc_log_var = nn.Parameter(torch.zeros(latent_dim))
-            self.decoder = nn.Sequential(MLP(latent_dim, [], d_in), nn.Unflatten(1, self.input_shape))
-        self.log_obs_std = (
-            nn.Parameter(torch.zeros(())) if likelihood == "gaussian" and obs_std is None
-            else (torch.tensor(math.log(obs_std)) if obs_std is not None else None)
-        )
-        self.vi_objective = VariationalObjective(objective, k, alpha, estimator, baseline, beta, in_dim=d_in)
-        self.analytic = objective == "elbo" and k == 1 and estimator == "reparam"
-        self.term_weights = {"recon": 1.0, "kl": beta} if self.analytic else self.vi_objective.weights()
+        self.encoder = resolve_part(encoder, "encoder")
+        if self.encoder is None:
+            self.encoder = self.default_encoder(architecture, latent_dim, hidden_dims, channels)
+        self.decoder = resolve_part(decoder, "decoder")
+        if self.decoder is None:
+            self.decoder = self.default_decoder(architecture, latent_dim, hidden_dims, channels)
+        self.likelihood = (make_likelihood(likelihood, obs_std) if isinstance(likelihood, str)
+                           else resolve_part(likelihood, "likelihood"))
+        self.vi_objective = (VariationalObjective(objective, num_samples, alpha, estimator, baseline, kl_weight, in_dim=d_in)
+                             if isinstance(objective, str) else resolve_part(objective, "objective"))
+        self.kl_weight = self.vi_objective.kl_weight if not isinstance(objective, str) else float(kl_weight)
+        self.analytic = self.vi_objective.analytic
+        self.term_weights = {"recon": 1.0, "kl": self.kl_weight} if self.analytic else self.vi_objective.weights()
 
-    # -- model ---------------------------------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def default_encoder(self, architecture: str, latent_dim: int, hidden_dims: list[int], channels: list[int]) -> nn.Module:
+        """The encoder built from ``architecture`` when none is given."""
+        return make_gaussian_encoder(architecture, self.input_shape, latent_dim, hidden_dims, channels)
+
+    def default_decoder(self, architecture: str, latent_dim: int, hidden_dims: list[int], channels: list[int]) -> nn.Module:
+        """The decoder built from ``architecture`` when none is given."""
+        return make_decoder(architecture, latent_dim, self.input_shape, hidden_dims, channels)
+
+    # -- hooks (overridden by CVAE) ------------------------------------------------------------
+    def condition(self, batch: dict[str, Any]) -> Tensor | None:
+        """What the model is conditioned on (none for the VAE; the CVAE's condition vector)."""
+        return None
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Posterior parameters ``(mu, log_var)`` of q(z|x), each ``[B, latent_dim]``."""
-        h = self.encoder(x)
-        if self.hparams.architecture == "linear":
-            return h, self.enc_log_var.expand_as(h)
+        h = self.encoder(x) if c is None else self.encoder(x, c)
         mu, log_var = h.chunk(2, dim=-1)
         return mu, log_var.clamp(-30.0, 20.0)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Likelihood parameters (Gaussian mean or Bernoulli logits) of shape ``[B, *input_shape]``."""
-        return self.decoder(z)
+    def prior(self, mu: Tensor, c: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """``(mu, log_var)`` of p(z) (``None, None``: the standard normal) for posteriors like ``mu``."""
+        return None, None
 
-    def observation(self, params: Tensor):
-        log_std = None if self.log_obs_std is None else self.log_obs_std.to(params)
-        return likelihood(self.likelihood, params, self.event_dims, log_std)
+    def decode(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        """Likelihood parameters (Gaussian mean or Bernoulli logits) of shape ``[B, *input_shape]``."""
+        return self.decoder(z if c is None else torch.cat([z, c], dim=1))
+
+    # -- model ---------------------------------------------------------------------------------
+    def observation(self, params: Tensor) -> Independent:
+        """p(x|z) for likelihood parameters ``[..., *input_shape]`` (one event per example)."""
+        return Independent(self.likelihood(params), self.event_dims)
 
     def mean(self, params: Tensor) -> Tensor:
-        return torch.sigmoid(params) if self.likelihood == "bernoulli" else params
+        return self.likelihood.mean(params)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction: mean of p(x | z = E[z|x])."""
@@ -133,42 +166,55 @@ class VAE(VIModule):
         z = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
         return self.mean(self.decode(z))
 
+    @staticmethod
+    def _given(fn, v: Tensor, c: Tensor | None):
+        """``fn(v)`` or ``fn(v, c)``: without a condition, ``encode``/``decode`` overrides taking one argument work."""
+        return fn(v) if c is None else fn(v, c)
+
+    def _decode_samples(self, z: Tensor, c: Tensor | None) -> Tensor:
+        """Likelihood parameters ``[K, B, *input_shape]`` of latents ``[K, B, D]``."""
+        kk, b = z.shape[:2]
+        cc = None if c is None else c.unsqueeze(0).expand(kk, *c.shape).flatten(0, 1)
+        return self._given(self.decode, z.flatten(0, 1), cc).view(kk, b, *self.input_shape)
+
+    def _log_prior(self, z: Tensor, p_mu: Tensor | None, p_lv: Tensor | None) -> Tensor:
+        if p_mu is None:
+            return diag_normal(torch.zeros_like(z), torch.zeros_like(z)).log_prob(z)
+        return diag_normal(p_mu, p_lv).log_prob(z)
+
     # -- objective -----------------------------------------------------------------------------
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x = batch["x"]
-        mu, log_var = self.encode(x)
-        if not self.analytic:
-            return self.general_objective(x, mu, log_var)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
-        log_px = self.observation(self.decode(z)).log_prob(x)
-        kl_dims = gaussian_kl_per_dim(mu, log_var)
-        terms = elbo_terms(log_px, kl_dims.sum(-1))
-        return {**terms, "z": z, "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0)}
+        c = self.condition(batch)
+        mu, log_var = self._given(self.encode, x, c)
+        p_mu, p_lv = self.prior(mu, c)
+        kl_dims = gaussian_kl(mu, log_var, p_mu, p_lv)
+        if self.analytic:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+            log_px = self.observation(self._given(self.decode, z, c)).log_prob(x)
+            out = {**elbo_terms(log_px, kl_dims.sum(-1)), "z": z}
+        else:  # the configured bound/estimator with num_samples samples (see core.objectives)
+            q = diag_normal(mu, log_var)
+            z = self.vi_objective.draw(q)  # [K, B, D]
+            params = self._decode_samples(z, c)
+            log_lik = self.observation(params).log_prob(x.unsqueeze(0).expand_as(params))
+            out = {**self.vi_objective(log_lik, self._log_prior(z, p_mu, p_lv), q.log_prob(z), x), "z": z[0]}
+            kl_dims = kl_dims.detach()
+        return {**out, "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0)}
 
-    def general_objective(self, x: Tensor, mu: Tensor, log_var: Tensor) -> dict[str, Tensor]:
-        """Terms of the configured bound/estimator with ``k`` samples (see ``core.objectives``)."""
-        q = diag_normal(mu, log_var)
-        z = self.vi_objective.draw(q)  # [k, B, D]
-        k = z.shape[0]
-        params = self.decode(z.flatten(0, 1)).view(k, x.shape[0], *self.input_shape)
-        log_lik = self.observation(params).log_prob(x.unsqueeze(0).expand_as(params))
-        terms = self.vi_objective(log_lik, standard_normal_like(mu).log_prob(z), q.log_prob(z), x)
-        kl_dims = gaussian_kl_per_dim(mu, log_var)
-        return {**terms, "z": z[0], "mu": mu, "log_var": log_var, "kl_per_dim": kl_dims.mean(0).detach()}
-
-    def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
-        """``log p(x, z_k) - log q(z_k | x)`` for ``k`` posterior samples; shape ``[k, B]``."""
-        mu, log_var = self.encode(x)
+    def log_importance_weights(self, x: Tensor, k: int, c: Tensor | None = None) -> Tensor:
+        """``log p(x, z_k | c) - log q(z_k | x, c)`` for ``k`` posterior samples; shape ``[k, B]``."""
+        mu, log_var = self._given(self.encode, x, c)
         q = diag_normal(mu, log_var)
         z = q.sample((k,))  # [k, B, D]
-        params = self.decode(z.flatten(0, 1)).view(k, x.shape[0], *self.input_shape)
+        params = self._decode_samples(z, c)
         log_px = self.observation(params).log_prob(x.unsqueeze(0).expand_as(params))
-        return log_px + standard_normal_like(mu).log_prob(z) - q.log_prob(z)
+        return log_px + self._log_prior(z, *self.prior(mu, c)) - q.log_prob(z)
 
     @torch.no_grad()
-    def iwae(self, x: Tensor, k: int | None = None) -> Tensor:
+    def iwae(self, x: Tensor, k: int | None = None, c: Tensor | None = None) -> Tensor:
         """Per-example IWAE estimate of log p(x) with ``k`` samples (``[B]``)."""
-        return iwae_bound(self.log_importance_weights(x, k or self.iwae_k))
+        return iwae_bound(self.log_importance_weights(x, k or self.iwae_k, c))
 
     def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        return {"iwae": self.iwae(batch["x"]).mean()}
+        return {"iwae": self.iwae(batch["x"], c=self.condition(batch)).mean()}

@@ -13,19 +13,17 @@ restarted at a random encoder output of the current batch.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torch.distributions import Independent
 
 from lightning_vi.core.checks import check_choice, check_range
-from lightning_vi.core.distributions import likelihood
-from lightning_vi.core.module import VIModule
-from lightning_vi.nn import MLP, ConvDecoder, ConvEncoder
-from lightning_vi.plugins.base import Plugin
+from lightning_vi.core.distributions import Likelihood, make_likelihood
+from lightning_vi.core.module import VIModule, resolve_part
+from lightning_vi.nn import make_decoder, make_encoder
 from lightning_vi.registry import FAMILIES
 
 
@@ -84,37 +82,50 @@ class VQVAE(VIModule):
     """VQ-VAE with ``num_latents`` code vectors per example, EMA codebook and dead-code restart.
 
     Args:
-        input_shape: shape of one example. architecture: ``"mlp"`` or ``"conv"`` (encoder features).
-        num_latents: discrete latents per example. embedding_dim: code vector size.
-        codebook_size: number of codes (>= 1). commitment: weight of ``||z_e - sg(e)||^2``.
-        decay: EMA decay. dead_threshold: EMA count under which a code is restarted.
-        likelihood: ``"gaussian"`` (fixed unit std: MSE) or ``"bernoulli"``.
+        input_shape: shape of one example.
+        architecture: ``"mlp"`` or ``"conv"`` (default encoder/decoder).
+        hidden_dims: MLP hidden widths.
+        channels: channels of the stride-2 conv blocks.
+        num_latents: discrete latents per example.
+        embedding_dim: code vector size.
+        codebook_size: number of codes (>= 1).
+        commitment: weight of ``||z_e - sg(e)||^2``.
+        decay: EMA decay.
+        dead_threshold: EMA count under which a code is restarted.
+        likelihood: ``"gaussian"`` (fixed std ``obs_std``), ``"bernoulli"`` or a ``Likelihood`` part.
+        obs_std: std of the Gaussian likelihood.
+        encoder: module ``x -> [B, num_latents * embedding_dim]`` (None = built from ``architecture``).
+        decoder: module ``[B, num_latents * embedding_dim] -> [B, *input_shape]`` (None = built).
+        conv_channels: deprecated name of ``channels``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
+
+    #: the fixed observation std was a persistent buffer before it moved into the likelihood part
+    renamed_state_keys = (("log_obs_std", None),)
 
     def __init__(
         self,
         input_shape: list[int] = (1, 8, 8),
         architecture: str = "mlp",
         hidden_dims: list[int] = (256, 128),
-        conv_channels: list[int] = (32, 64),
+        channels: list[int] = (32, 64),
         num_latents: int = 4,
         embedding_dim: int = 8,
         codebook_size: int = 32,
         commitment: float = 0.25,
         decay: float = 0.99,
         dead_threshold: float = 1e-3,
-        likelihood: str = "gaussian",
+        likelihood: Union[str, Likelihood] = "gaussian",
         obs_std: float = 0.1,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        encoder: Optional[nn.Module] = None,
+        decoder: Optional[nn.Module] = None,
+        conv_channels: Optional[list[int]] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        channels = self.rename_argument("conv_channels", conv_channels, "channels", channels, (32, 64))
         check_choice("architecture", architecture, ("mlp", "conv"))
-        check_choice("likelihood", likelihood, ("gaussian", "bernoulli"))
         check_range("codebook_size", codebook_size, 1)
         check_range("num_latents", num_latents, 1)
         check_range("embedding_dim", embedding_dim, 1)
@@ -123,20 +134,22 @@ class VQVAE(VIModule):
         check_range("obs_std", obs_std, 0.0, low_open=True)
         self.save_hyperparameters()
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.likelihood, self.event_dims = likelihood, len(self.input_shape)
-        d_in, dz = math.prod(self.input_shape), num_latents * embedding_dim
-        if architecture == "conv":
-            self.encoder = ConvEncoder(self.input_shape, conv_channels, dz)
-            self.decoder = ConvDecoder(dz, conv_channels, self.input_shape)
-        else:
-            self.encoder = MLP(d_in, hidden_dims, dz)
-            self.decoder = nn.Sequential(MLP(dz, list(hidden_dims)[::-1], d_in), nn.Unflatten(1, self.input_shape))
+        self.event_dims = len(self.input_shape)
+        self.num_latents, self.embedding_dim, self.codebook_size = num_latents, embedding_dim, codebook_size
+        dz = num_latents * embedding_dim
+        self.encoder = resolve_part(encoder, "encoder")
+        if self.encoder is None:
+            self.encoder = make_encoder(architecture, self.input_shape, dz, hidden_dims, channels)
+        self.decoder = resolve_part(decoder, "decoder")
+        if self.decoder is None:
+            self.decoder = make_decoder(architecture, dz, self.input_shape, hidden_dims, channels)
         self.quantizer = VectorQuantizerEMA(codebook_size, embedding_dim, decay, dead_threshold=dead_threshold)
-        self.register_buffer("log_obs_std", torch.tensor(math.log(obs_std)))
+        self.likelihood = (make_likelihood(likelihood, obs_std) if isinstance(likelihood, str)
+                           else resolve_part(likelihood, "likelihood"))
         self.term_weights = {"recon": 1.0, "commitment": commitment}
 
     def encode_continuous(self, x: Tensor) -> Tensor:
-        return self.encoder(x).view(x.shape[0], self.hparams.num_latents, self.hparams.embedding_dim)
+        return self.encoder(x).view(x.shape[0], self.num_latents, self.embedding_dim)
 
     def quantize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Quantized latents ``[B, num_latents, dim]`` and codes ``[B, num_latents]``."""
@@ -147,7 +160,7 @@ class VQVAE(VIModule):
         return self.decoder(q.flatten(1))
 
     def mean(self, params: Tensor) -> Tensor:
-        return torch.sigmoid(params) if self.likelihood == "bernoulli" else params
+        return self.likelihood.mean(params)
 
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction through the quantized latent (the purification map of P35)."""
@@ -156,7 +169,7 @@ class VQVAE(VIModule):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decodes uniformly drawn codes (no learned prior)."""
-        idx = torch.randint(0, self.hparams.codebook_size, (n, self.hparams.num_latents), generator=generator)
+        idx = torch.randint(0, self.codebook_size, (n, self.num_latents), generator=generator)
         return self.mean(self.decode(self.quantizer.codebook[idx.to(self.device)]))
 
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
@@ -164,9 +177,8 @@ class VQVAE(VIModule):
         z = self.encode_continuous(x)
         q, idx, commit = self.quantizer(z, update=self.training)
         params = self.decode(q)
-        log_px = likelihood(self.likelihood, params, self.event_dims,
-                            self.log_obs_std if self.likelihood == "gaussian" else None).log_prob(x)
-        usage = torch.bincount(idx.flatten(), minlength=self.hparams.codebook_size).float()
+        log_px = Independent(self.likelihood(params), self.event_dims).log_prob(x)
+        usage = torch.bincount(idx.flatten(), minlength=self.codebook_size).float()
         p = usage / usage.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
         return {"recon": -log_px.mean(), "commitment": commit, "perplexity": perplexity, "codes": idx}
