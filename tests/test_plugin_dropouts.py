@@ -132,6 +132,49 @@ def test_multisample_loss_is_mean_of_per_sample_losses_and_inference_single_pass
     assert out.shape == (32, 10) and torch.equal(out, m(batch["x"]))
 
 
+def _dropout_samples(m: Classifier, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features h [B, F], the K dropped copies [K, B, F] the shared head receives) in one training pass."""
+    seen = {}
+    hooks = [m.backbone.register_forward_hook(lambda mod, args, out: seen.__setitem__("h", out.detach())),
+             m.head.head.register_forward_pre_hook(lambda mod, args: seen.__setitem__("hk", args[0].detach()))]
+    try:
+        m.train().compute_loss({"x": x, "y": torch.zeros(len(x), dtype=torch.long)}, "train")
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return seen["h"], seen["hk"]
+
+
+def check_dropout_active(m: Classifier, x: torch.Tensor, k: int, p: float) -> list[float]:
+    """Inoue (2019) Sec. 2: each of the K samples is an independent inverted-dropout draw of h, so every
+    copy keeps h / (1 - p) or 0, each zeroes a fraction ~p of the units, and no two copies share a mask.
+    Returns the per-sample zeroed fractions."""
+    h, hk = _dropout_samples(m, x)
+    assert hk.shape == (k, *h.shape), hk.shape
+    live = h != 0
+    n = int(live.sum())
+    fracs = []
+    for i in range(k):
+        kept = hk[i] != 0
+        assert torch.allclose(hk[i][kept], (h / (1 - p))[kept], rtol=1e-5), f"sample {i}: kept units not scaled by 1/(1-p)"
+        frac = float((~kept & live).sum()) / n
+        sd = (p * (1 - p) / n) ** 0.5
+        assert abs(frac - p) < 5 * sd, f"sample {i}: zeroed fraction {frac:.4f}, expected p={p} +- {5 * sd:.4f}"
+        fracs.append(frac)
+    for i in range(k):
+        for j in range(i + 1, k):
+            assert not torch.equal(hk[i] != 0, hk[j] != 0), f"samples {i} and {j} share a dropout mask"
+    return fracs
+
+
+@pytest.mark.parametrize("k,p", [(8, 0.5), (4, 0.2), (3, 0.7)])
+def test_multisample_dropout_active_in_every_sample(k, p):
+    L.seed_everything(0)
+    m = Classifier(backbone="mlp", hidden_dims=[128], feature_dim=128, plugins=[MultiSampleDropout(k=k, p=p)])
+    fracs = check_dropout_active(m, torch.rand(256, 1, 8, 8), k, p)
+    print(f"K={k} p={p} zeroed fractions", np.round(fracs, 3))
+
+
 def _epochs_to(curve: list[float], target: float) -> int:
     return next((i + 1 for i, v in enumerate(curve) if v <= target), len(curve) + 1)
 
@@ -142,7 +185,7 @@ def test_multisample_dropout_converges_in_fewer_epochs_on_digits():
     dm.setup()
     tr, va = dm.splits["train"], dm.splits["val"]
 
-    def run(multi: bool, seed: int, epochs: int = 9) -> list[float]:
+    def run(multi: bool, seed: int, epochs: int = 9) -> tuple[list[float], Classifier]:
         L.seed_everything(seed)
         m = Classifier(backbone="mlp", hidden_dims=[128], feature_dim=128, dropout=0.0 if multi else 0.7,
                        plugins=[MultiSampleDropout(k=8, p=0.7)] if multi else None)
@@ -156,10 +199,13 @@ def test_multisample_dropout_converges_in_fewer_epochs_on_digits():
                 opt.step()
             with torch.no_grad():
                 curve.append(float(m.eval().compute_loss(va, "val")[1]["nll"]))
-        return curve
+        return curve, m
 
-    plain = np.mean([run(False, s) for s in range(3)], axis=0).tolist()
-    multi = np.mean([run(True, s) for s in range(3)], axis=0).tolist()
+    plain = np.mean([run(False, s)[0] for s in range(3)], axis=0).tolist()
+    runs = [run(True, s) for s in range(3)]
+    multi = np.mean([c for c, _ in runs], axis=0).tolist()
+    for _, trained in runs:  # the gain comes with dropout on in each of the K samples of the trained model
+        check_dropout_active(trained, tr["x"][:256], 8, 0.7)
     print("val NLL per epoch, dropout:", np.round(plain, 3), "multi-sample K=8:", np.round(multi, 3))
     assert _epochs_to(multi, 0.3) < _epochs_to(plain, 0.3), (plain, multi)
     assert np.mean(multi) < np.mean(plain)

@@ -44,17 +44,28 @@ def test_cutmix_area_statistics_and_probability():
     assert never.plugin("cutmix").transform_batch(batch, never) is batch
 
 
-def test_mixup_labels_and_inputs_mix_with_the_same_lambda():
-    m = Classifier(input_shape=[3], num_classes=5, backbone="mlp", plugins=[Mixup(alpha=0.4)])
+@pytest.mark.parametrize("seed", [3, 6, 7])
+def test_mixup_labels_and_inputs_mix_with_the_same_lambda(seed):
+    """Zhang et al. 2018, Eq. 1. Input i is the constant i and its label is class i; alpha=2 and these seeds
+    give lam in [0.25, 0.61] (far from 0 and 1, and from 1/2, so lam and 1 - lam tell the partners apart)
+    and partner permutations without fixed points, so every row is a genuine two-source mix."""
+    b = 5
+    m = Classifier(input_shape=[3], num_classes=b, backbone="mlp", plugins=[Mixup(alpha=2.0)])
     plug = m.plugin("mixup")
-    x, y = torch.eye(5)[:, :3] * 0 + torch.arange(5.0).unsqueeze(1), torch.arange(5)
-    torch.manual_seed(0)
+    x, y = torch.arange(float(b)).unsqueeze(1).expand(b, 3).clone(), torch.arange(b)
+    torch.manual_seed(seed)
     out = plug.transform_batch({"x": x, "y": y}, m)
     lam = plug.last_lam
-    expected_x = out["y_soft"] @ torch.arange(5.0)  # mixed value = label-weighted source index
-    assert torch.allclose(out["x"][:, 0], expected_x, atol=1e-5)
-    assert torch.allclose(out["y_soft"].max(1).values, torch.full((5,), max(lam, 1 - lam)), atol=1e-6) or \
-        bool((out["y_soft"].max(1).values == 1).any())
+    assert 0.2 < lam < 0.8 and abs(lam - 0.5) > 0.1, f"seed {seed}: lam={lam} too close to 0, 1/2 or 1"
+    # the partner of row i, read off the mixed input x~_i = lam i + (1 - lam) j, must be an integer
+    partner = (out["x"][:, 0] - lam * torch.arange(float(b))) / (1 - lam)
+    assert torch.allclose(partner, partner.round(), atol=1e-4), partner
+    j = partner.round().long()
+    assert sorted(j.tolist()) == list(range(b)) and bool((j != torch.arange(b)).all()), j
+    expected_y = lam * torch.eye(b) + (1 - lam) * torch.eye(b)[j]  # the same lam on labels, row by row
+    assert torch.allclose(out["y_soft"], expected_y, atol=1e-6), (out["y_soft"], lam, j)
+    assert torch.allclose(out["y_soft"].max(1).values, torch.full((b,), max(lam, 1 - lam)), atol=1e-6)
+    assert torch.equal(out["x"][:, 0], out["x"][:, 2])  # one lam for all features
 
 
 def test_mixup_then_cutmix_compose_and_classifier_uses_soft_targets():

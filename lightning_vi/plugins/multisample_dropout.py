@@ -35,9 +35,8 @@ class MultiSampleHead(nn.Module):
         if not self.training or self.p == 0.0:
             out = self.head(h)
             return out.unsqueeze(0).expand(self.k, *out.shape) if self.training else out
-        if self.k == 1:
-            return self.head(F.dropout(h, self.p, True)).unsqueeze(0)
-        hk = F.dropout(h.unsqueeze(0).expand(self.k, *h.shape), self.p, True)  # one mask per sample
+        # one mask per sample; for K=1 the [1, B, F] draw is the same random stream as ordinary dropout on [B, F]
+        hk = F.dropout(h.unsqueeze(0).expand(self.k, *h.shape), self.p, True)
         return self.head(hk)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -167,7 +169,20 @@ def test_latent_diffusion_fits_reloads_and_checks(tmp_path, digits, vae_checkpoi
     assert model.sample(4, generator=g()).shape == (4, 1, 8, 8)
 
 
-def test_lmd_schedulers_and_training(digits, vae_checkpoint, tmp_path):
+def _lmd_expected_ratio(name: str, step: int, total: int, r0: float, r1: float, stages: int) -> float:
+    """LMD Sec. 3.3 schedules written out independently: progress u = step / total clipped to 1; linear
+    r0 + (r1 - r0) u; cosine r0 + (r1 - r0) sin^2(pi u / 2) (= (1 - cos(pi u)) / 2); piecewise steps through
+    ``stages`` equal levels, level floor(step * stages / total) capped at stages - 1."""
+    u = min(step / total, 1.0)
+    if name == "linear":
+        return r0 + (r1 - r0) * u
+    if name == "cosine":
+        return r0 + (r1 - r0) * math.sin(math.pi * u / 2) ** 2
+    level = min(step * stages // total, stages - 1)
+    return r0 + (r1 - r0) * level / (stages - 1)
+
+
+def test_lmd_mask_ratio_function():
     for name in MASK_SCHEDULERS:
         rs = [mask_ratio(name, s / 10, 0.1, 0.75) for s in range(11)]
         assert rs[0] == pytest.approx(0.1) and rs[-1] == pytest.approx(0.75)
@@ -176,17 +191,68 @@ def test_lmd_schedulers_and_training(digits, vae_checkpoint, tmp_path):
     assert len({mask_ratio("piecewise", s / 100, 0.1, 0.7, 4) for s in range(101)}) == 4
     with pytest.raises(ValueError, match="mask_scheduler='exp'"):
         mask_ratio("exp", 0.5)
+
+
+@pytest.mark.parametrize("scheduler", MASK_SCHEDULERS)
+def test_lmd_schedule_advances_through_trainer(scheduler, digits, vae_checkpoint, tmp_path, monkeypatch):
+    """LMD (Ma et al. 2023, Sec. 3.3) trained by a Trainer: the mask ratio used at every optimizer step
+    follows the scheduler's formula in ``global_step / total_steps`` (clipped at r1 after total_steps),
+    each row hides exactly round(r * D) latents, and reconstruction quality at the final ratio r1 rises as
+    training moves through the schedule (PAPERS.md P51)."""
+    from helpers import quiet_trainer
+    from torch.utils.data import DataLoader
+
+    from lightning_vi.data.base import TensorDictDataset
+    from lightning_vi.families.diffusion import lmd as lmd_module
+
+    T, r0, r1, K, D = 300, 0.1, 0.75, 4, 8
     L.seed_everything(0)
-    model = LMD(vae_checkpoint=vae_checkpoint, latent_dim=8, total_steps=300, hidden_dims=[128])
-    x = digits[1]["x"]
-    before = psnr(model.eval().reconstruct(x, 0.25, torch.Generator().manual_seed(0)), x)
-    fit_full_batch(model, digits[0], 300, lr=3e-3)
-    after = psnr(model.reconstruct(x, 0.25, torch.Generator().manual_seed(0)), x)
-    print("LMD PSNR before/after", before, after)
-    assert after > before + 1.0
+    model = LMD(vae_checkpoint=vae_checkpoint, latent_dim=D, total_steps=T, hidden_dims=[128], lr=1e-3,
+                mask_scheduler=scheduler, mask_start=r0, mask_end=r1, num_stages=K)
+    used = []  # (global_step, ratio asked for, fraction hidden per row) for every training mask
+    real_mask = lmd_module.random_mask
+
+    def recording_mask(shape, ratio, device=None, generator=None):
+        mask = real_mask(shape, ratio, device, generator)
+        if model.training:
+            used.append((model.global_step, ratio, mask.float().mean(1)))
+        return mask
+
+    monkeypatch.setattr(lmd_module, "random_mask", recording_mask)
+    x_test = digits[1]["x"]
+    quality = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step % (T // 4) == 0 and trainer.global_step not in quality:
+                pl_module.eval()
+                quality[trainer.global_step] = psnr(pl_module.reconstruct(x_test, r1, torch.Generator().manual_seed(1)), x_test)
+                pl_module.train()
+
+    loader = DataLoader(TensorDictDataset(digits[0]), batch_size=250, shuffle=True, collate_fn=lambda b: b)
+    trainer = quiet_trainer(tmp_path, max_epochs=-1, max_steps=T + 20, callbacks=[Probe()])
+    trainer.fit(model, loader)
+
+    assert [step for step, _, _ in used] == list(range(T + 20)), "one training mask per optimizer step"
+    for step, ratio, hidden in used:
+        expected = _lmd_expected_ratio(scheduler, step, T, r0, r1, K)
+        assert ratio == pytest.approx(expected, abs=1e-9), f"{scheduler}: step {step} ratio {ratio}, expected {expected}"
+        assert torch.all(hidden == round(expected * D) / D), f"{scheduler}: step {step} hid {hidden.unique().tolist()}"
+    assert used[-1][1] == pytest.approx(r1)  # past total_steps the ratio stays at r1
+
+    q = [quality[s] for s in (0, T // 4, T // 2, 3 * T // 4, T)]
+    print(f"LMD {scheduler} PSNR at ratio {r1} over the schedule", [round(v, 2) for v in q])
+    assert q[1] > q[0] + 1.0, q
+    assert q[2] > q[1] + 0.05, q
+    assert min(q[2:]) > max(q) - 0.3, q  # no collapse once the ratio nears r1
+
+    vae = model.eval().vae  # visible latents pass through: with nothing masked, the VAE's own reconstruction
+    with torch.no_grad():
+        own = vae.mean(vae.decode(vae.encode(x_test)[0]))
+    assert torch.allclose(model.reconstruct(x_test, 0.0), own, atol=1e-6)
+
     path = tmp_path / "lmd.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": L.__version__}, path)
+    trainer.save_checkpoint(path)
     again = LMD.load_from_checkpoint(path)
-    z, m = torch.randn(3, 8), torch.rand(3, 8) < 0.5
-    assert torch.equal(model(z, m), again.eval()(z, m))
+    z, m = torch.randn(3, D), torch.rand(3, D) < 0.5
+    assert torch.equal(model.eval()(z, m), again.eval()(z, m))

@@ -107,7 +107,8 @@ class LMD(FrozenProducers, VIModule):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
-        """Images decoded from latents with a ``ratio`` fraction masked and filled in by the model."""
+        """Images decoded from latents with a ``ratio`` fraction masked and filled in by the model; the visible
+        coordinates keep their values (the loss trains only the masked ones, as in MAE)."""
         z = self.vae.encode(x)[0]
         mask = random_mask(tuple(z.shape), ratio, z.device, generator)
-        return self.vae.mean(self.vae.decode(self(z, mask)))
+        return self.vae.mean(self.vae.decode(torch.where(mask, self(z, mask), z)))

@@ -1,0 +1,67 @@
+"""Notebook run times: each notebook in notebooks/ executed top to bottom in this environment's kernel
+(as tests/test_notebooks.py does), wall-clock and the slowest cell, against the test's time limit.
+
+Writes JSON (default benchmarks/results/notebooks.json).   python benchmarks/notebooks.py [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_notebook(path: Path, timeout: int) -> dict:
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": tmp}})
+        cell_s: list[float] = []
+        start = time.perf_counter()
+        with client.setup_kernel():
+            kernel_s = time.perf_counter() - start
+            for i, cell in enumerate(nb.cells):
+                t0 = time.perf_counter()
+                client.execute_cell(cell, i)
+                if cell.cell_type == "code":
+                    cell_s.append(time.perf_counter() - t0)
+        total = time.perf_counter() - start
+    return {"total_s": round(total, 2), "kernel_start_s": round(kernel_s, 2),
+            "slowest_cell_s": round(max(cell_s, default=0.0), 2), "code_cells": len(cell_s)}
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.test_notebooks import CELL_TIMEOUT_S, NOTEBOOK_TIMEOUT_S
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=None, help="notebook stems (default: all)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "notebooks.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    paths = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if args.only is None or p.stem in args.only]
+    runs = {p.stem: run_notebook(p, CELL_TIMEOUT_S) for p in paths}
+    result = {
+        "benchmark": "notebooks", "notebooks": runs,
+        "test_limit_s": {"notebook": NOTEBOOK_TIMEOUT_S, "cell": CELL_TIMEOUT_S},
+        "max_fraction_of_limit": round(max(r["total_s"] for r in runs.values()) / NOTEBOOK_TIMEOUT_S, 3),
+        "cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "machine": platform.processor() or platform.machine(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
