@@ -91,6 +91,8 @@ def smoke_settings(trainer_config: Any, argv: Iterable[str]) -> list[str]:
         if (name == "max_steps" and value == -1) or (name.startswith("limit_") and isinstance(value, float)
                                                       and value == 1.0) or (name == "overfit_batches" and value == 0):
             continue
+        if isinstance(value, float) and value > 1 and value.is_integer():
+            value = int(value)  # jsonargparse reads "2" as 2.0; Lightning counts it as 2 batches
         found.append(f"{name}={value}")
     return found
 
