@@ -191,3 +191,16 @@ def test_config_record_survives_a_later_test(trained, tmp_path, monkeypatch):
     main(["validate", *FAST, "--model.init_args.latent_dim", "4", "--ckpt_path", str(CKPTS / "last.ckpt")])
     assert record.read_text() == text
     assert _load(CKPTS / "last.ckpt")["lvi_config"] == text  # the checkpoint carries the same record
+
+
+def test_only_command_line_limits_make_a_smoke_run():
+    """A config file's own max_steps/limits are the experiment; the same given on the command line are a smoke test."""
+    from lightning_vi.checkpoints import smoke_settings
+
+    config = {"fast_dev_run": False, "max_steps": 1000, "limit_train_batches": 0.5}
+    assert smoke_settings(config, ["fit", "--config", "x.yaml"]) == []
+    assert smoke_settings(config, ["fit", "--trainer.max_steps=1000"]) == ["max_steps=1000"]
+    assert smoke_settings({"limit_train_batches": 2.0}, ["--trainer.limit_train_batches", "2"]) == ["limit_train_batches=2"]
+    # jsonargparse reads "1" as 1.0, which Lightning takes as the whole epoch: not a smoke run
+    assert smoke_settings({"limit_train_batches": 1.0}, ["--trainer.limit_train_batches", "1"]) == []
+    assert smoke_settings({"fast_dev_run": 3}, []) == ["fast_dev_run=3"]
