@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import yaml
@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 import lightning_vi.callbacks  # noqa: F401  (short class names in configs: SampleGrid, ...)
 import lightning_vi.data  # noqa: F401  (short class names in configs: DigitsDataModule, ...)
+from lightning_vi import checkpoints as ckpts
 from lightning_vi.callbacks.wandb_run import WandbRunRecord, wandb_loggers
 from lightning_vi.core.module import NonFiniteLossError, VIModule
 from lightning_vi.registry import FAMILIES, PLUGINS, UnknownNameError
@@ -56,11 +57,61 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
+class RecordConfigCallback(LoggerSaveConfigCallback):
+    """The config record of a fit: ``config.yaml`` beside its checkpoints, written by nothing else.
+
+    It is written (once per fit, for every checkpoint folder) just before the run's first checkpoint
+    is saved, so a run that fails before saving leaves the previous record with the previous
+    checkpoints; ``lvi validate/test/predict`` never write it. Each checkpoint also carries the same
+    text under ``checkpoint["lvi_config"]``. The resolved config still goes to every logger.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False  # the log folder is shared by every command: see on_save_checkpoint
+        super().__init__(*args, **kwargs)
+        self._recorded: set[str] = set()
+        self._text: str | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self.already_saved and trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
+
+    def record_text(self) -> str:
+        if self._text is None:
+            from datetime import datetime, timezone
+
+            started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self._text = (f"# The resolved config of the `lvi fit` run (started {started}) that wrote the checkpoints\n"
+                          "# in this folder. Later commands do not change this file; the next fit here replaces it\n"
+                          "# together with last.ckpt.\n" + self.parser.dump(self.config, skip_none=False))
+        return self._text
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn != "fit":
+            return
+        checkpoint["lvi_config"] = self.record_text()
+        if not trainer.is_global_zero:
+            return
+        for cb in trainer.checkpoint_callbacks:
+            folder = getattr(cb, "dirpath", None)
+            if folder and folder not in self._recorded:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                tmp = Path(folder) / ".config.yaml.tmp"
+                tmp.write_text(checkpoint["lvi_config"])
+                os.replace(tmp, Path(folder) / "config.yaml")
+                self._recorded.add(folder)
+
+
 class VICLI(LightningCLI):
     """LightningCLI with the registry's names available and the omegaconf parser mode.
 
     Parse errors come back as a :class:`ConfigError` naming the bad key, the closest accepted one and
     all accepted ones (instead of argparse's usage dump); the Trainer's own checks name the setting.
+
+    On top of Lightning: a ``fit`` with smoke settings writes under ``<default_root_dir>/smoke/``
+    (``--smoke false`` keeps the real folders), and ``--ckpt_path`` is read and checked against the
+    model the config builds before anything runs (:mod:`lightning_vi.checkpoints`).
     """
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -84,6 +135,36 @@ class VICLI(LightningCLI):
             record.prepare(self.trainer, subcommand, self.config_init[subcommand].get("ckpt_path"))
         super()._run_subcommand(subcommand)
 
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--smoke", type=Optional[bool], default=None,
+            help="fit only: true/false mark the run as a smoke test or a real run; default (null): a smoke "
+                 "test when fast_dev_run, or limit_*_batches / max_steps / overfit_batches given on the "
+                 f"command line. Smoke runs write under <trainer.default_root_dir>/{ckpts.SMOKE_FOLDER}/.")
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning (2.6) would replace the config's model here by the hyper-parameters stored in the
+        checkpoint (with an unsafe-loading traceback for a bad file), so the classifier config given a VAE
+        checkpoint trains a VAE. lvi keeps the config's model: the checkpoint is read safely and its family
+        checked now, its weights against the built model in ``before_<subcommand>``."""
+        self._lvi_checkpoint = _read_ckpt_path(self)
+
+    def before_instantiate_classes(self) -> None:
+        _redirect_smoke_run(self)
+
+    def before_fit(self) -> None:
+        _check_ckpt_path(self, "fit")
+        _note_checkpoint_folder(self)
+
+    def before_validate(self) -> None:
+        _check_ckpt_path(self, "validate")
+
+    def before_test(self) -> None:
+        _check_ckpt_path(self, "test")
+
+    def before_predict(self) -> None:
+        _check_ckpt_path(self, "predict")
+
 
 def _add_wandb_record(trainer: L.Trainer) -> L.Trainer:
     """Add a ``WandbRunRecord`` when a WandbLogger logs and the config did not add one (no-op otherwise)."""
@@ -102,6 +183,63 @@ def _finish_wandb(cli: VICLI) -> None:
     record = _wandb_record(trainer)
     if record is not None:
         record.finish(trainer, exit_code=0)
+
+
+def _redirect_smoke_run(cli: LightningCLI) -> None:
+    """A smoke ``fit`` writes its checkpoints and logs under ``<default_root_dir>/smoke`` (one notice)."""
+    if cli.subcommand != "fit":
+        return
+    config = cli.config[cli.subcommand]
+    forced = config.get("smoke")
+    reasons = ckpts.smoke_settings(config["trainer"], sys.argv[1:])
+    if forced is False or not (forced or reasons):
+        return
+    folder = ckpts.redirect_to_smoke_folder(config["trainer"])
+    why = ", ".join(reasons) or "--smoke true"
+    ckpts.notice(f"smoke run ({why}): checkpoints and logs go to {folder}/, not to the run's own folder "
+                 "(pass --smoke false to write there).")
+
+
+def _read_ckpt_path(cli: LightningCLI) -> tuple[str, dict] | None:
+    """Read the subcommand's ``--ckpt_path`` safely; stop if it was written by another family."""
+    subcommand = cli.config.get("subcommand")
+    path = cli.config[subcommand].get("ckpt_path") if subcommand else None
+    if path is None or not ckpts.is_checkpoint_file_path(path):
+        return None
+    ckpt = ckpts.read_checkpoint(path)
+    model = cli.config[subcommand].get("model")
+    ckpts.check_family(ckpt, path, getattr(model, "class_path", None))
+    return str(path), ckpt
+
+
+def _check_ckpt_path(cli: LightningCLI, subcommand: str) -> None:
+    """Check ``--ckpt_path`` against the model the config built (family, weight names and shapes)."""
+    found = getattr(cli, "_lvi_checkpoint", None) or _read_ckpt_path(cli)
+    cli._lvi_checkpoint = None  # do not hold the weights in memory during the run
+    if found is None:
+        return
+    path, ckpt = found
+    others = ckpts.check_fits_model(ckpt, path, cli.model)
+    if others:
+        ckpts.notice(f"the config's values are used, not those saved in {path}: " + "; ".join(others))
+
+
+def _note_checkpoint_folder(cli: LightningCLI) -> None:
+    """One-line notices before a fit: an earlier run's last.ckpt is replaced; a save_last that goes stale."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    resume = cli.config_init["fit"].get("ckpt_path")
+    resume = Path(resume).resolve() if resume and ckpts.is_checkpoint_file_path(resume) else None
+    for cb in cli.trainer.checkpoint_callbacks:
+        if isinstance(cb, ckpts.LastCheckpoint) and cb.dirpath and not cli.trainer.fast_dev_run:
+            last = Path(cb.dirpath) / f"{cb.filename}.ckpt"
+            if last.is_file() and last.resolve() != resume:
+                ckpts.notice(f"{last} is from an earlier run; this run replaces it "
+                             f"(to continue that run instead: --ckpt_path {last}).")
+        elif isinstance(cb, ModelCheckpoint) and cb.save_last and cb.monitor is not None:
+            ckpts.notice(f"ModelCheckpoint(monitor={cb.monitor!r}, save_last={cb.save_last!r}) rewrites last.ckpt "
+                         "only when the monitored value improves; add lightning_vi.checkpoints.LastCheckpoint for "
+                         "a last.ckpt that is always the latest state.")
 
 
 def _load_yaml(path: str) -> Any:
@@ -221,7 +359,7 @@ def _make_cli(run: bool) -> VICLI:
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        save_config_callback=LoggerSaveConfigCallback,
+        save_config_callback=RecordConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "description": DESCRIPTION},
         auto_configure_optimizers=False,

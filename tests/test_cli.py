@@ -38,12 +38,13 @@ def test_quickstart_logs_terms_media_and_config_to_wandb(tmp_path, monkeypatch):
         media = sorted(p.name for p in Path(run.dir).rglob("*.png"))
         for stem in ("samples", "reconstructions", "traversal"):
             assert any(m.startswith(stem) for m in media), media
-        run_dir = Path(run.dir).resolve().parent
-        assert run_dir.name.startswith("offline-run-") and run_dir.parent == tmp_path / "outputs/quickstart/wandb"
+        run_dir = Path(run.dir).resolve().parent  # limit_*_batches: a smoke run, under outputs/<name>/smoke/
+        assert run_dir.name.startswith("offline-run-") and run_dir.parent == tmp_path / "outputs/quickstart/smoke/wandb"
     finally:
         wandb.finish()
-    assert (tmp_path / "outputs/quickstart/config.yaml").is_file()
-    assert (tmp_path / "outputs/quickstart/checkpoints/last.ckpt").is_file()
+    assert (tmp_path / "outputs/quickstart/smoke/checkpoints/config.yaml").is_file()
+    assert (tmp_path / "outputs/quickstart/smoke/checkpoints/last.ckpt").is_file()
+    assert not (tmp_path / "outputs/quickstart/checkpoints").exists()
 
 
 def test_print_config_is_rerunnable(tmp_path, monkeypatch, capsys):
@@ -66,7 +67,7 @@ def test_resume_from_checkpoint_continues_training(tmp_path, monkeypatch):
     common = ["--config", QUICKSTART, "--trainer.logger", "false", *TINY]
     first = build_cli(["fit", *common, "--trainer.max_epochs", "1"])
     assert first.trainer.global_step == 2
-    last = tmp_path / "outputs/quickstart/checkpoints/last.ckpt"
+    last = tmp_path / "outputs/quickstart/smoke/checkpoints/last.ckpt"  # TINY makes it a smoke run
     second = build_cli(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
     assert second.trainer.global_step == 4 and second.trainer.current_epoch == 2
     # the resumed optimizer state is the saved one, not a fresh one
@@ -86,8 +87,8 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     proc = run_lvi("fit", "--config", QUICKSTART, "--trainer.logger", "false", "--trainer.accelerator", "cpu",
                    "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", *TINY,
                    cwd=tmp_path)
-    assert (tmp_path / "outputs/quickstart/checkpoints/last.ckpt").is_file(), proc.stderr[-2000:]
-    ckpt = torch.load(tmp_path / "outputs/quickstart/checkpoints/last.ckpt", weights_only=True)
+    assert (tmp_path / "outputs/quickstart/smoke/checkpoints/last.ckpt").is_file(), proc.stderr[-2000:]
+    ckpt = torch.load(tmp_path / "outputs/quickstart/smoke/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
 
 
@@ -152,7 +153,7 @@ def test_scheduler_from_yaml_and_predict(tmp_path, monkeypatch):
                      "--model.init_args.lr_scheduler", sched, *TINY])
     opt = cli.trainer.optimizers[0]
     assert opt.param_groups[0]["lr"] == pytest.approx(0.002 * 0.25)
-    last = tmp_path / "outputs/quickstart/checkpoints/last.ckpt"
+    last = tmp_path / "outputs/quickstart/smoke/checkpoints/last.ckpt"
     pred = build_cli(["predict", "--config", QUICKSTART, "--trainer.logger", "false", "--ckpt_path", str(last),
                       "--trainer.limit_predict_batches", "1"])
     out = pred.trainer.predict_loop.predictions

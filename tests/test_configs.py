@@ -42,7 +42,8 @@ def test_config_runs_after_its_producer(path: Path, tmp_path: Path, monkeypatch)
     assert match, f"{path}: the first line must be  # requires: `lvi fit --config <producer config>` ..."
     monkeypatch.chdir(tmp_path)
     build_cli(["fit", "--config", str(ROOT / match.group(1)), "--trainer.max_epochs", "1",
-               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false"])
+               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+               "--smoke", "false"])  # a short producer run whose last.ckpt the consumer reads
     if "lvi predict --config" in text:
         cli = build_cli(["predict", "--config", str(path), "--trainer.limit_predict_batches", "1"])
         assert cli.trainer.state.finished and list(tmp_path.glob("outputs/*/predictions*.npz"))
