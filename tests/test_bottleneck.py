@@ -206,6 +206,28 @@ def test_cvib_contrastive_stop_gradients() -> None:
     np.testing.assert_allclose(ho.grad.numpy(), g_key, atol=1e-6)
 
 
+def test_cvib_gamma_aligns_the_pruned_and_original_representations() -> None:
+    """The contrastive term's own effect (``gamma * contrastive`` in the trained loss): after 30 full-batch Adam
+    steps on digits, the held-out InfoNCE between the two networks' representations (180 test digits, chance
+    log 180 = 5.19) is 4.77, 4.83, 4.80 with gamma=0 and 3.95, 3.85, 3.91 with gamma=1 (seeds 0-2). This checks
+    that the term is weighted in and optimised, not that it improves accuracy (docs/bayes.md: it does not here)."""
+    dm = DigitsDataModule()
+    dm.setup()
+    te = dm.splits["test"]
+    nce = {}
+    for gamma in (0.0, 1.0):
+        for seed in range(3):
+            torch.manual_seed(seed)
+            model = CVIB(hidden_dims=[64, 32], beta=0.3, gamma=gamma)
+            _train(model, dm.splits["train"], 30)
+            with torch.no_grad():
+                h_o = model.represent(te["x"], pruned=False)
+                h_p = model.represent(te["x"], pruned=True, sample=False)
+                nce.setdefault(gamma, []).append(float(model.nce(h_p, h_o)))
+    print("held-out InfoNCE", nce)
+    assert all(a - b > 0.5 for a, b in zip(nce[0.0], nce[1.0])), nce
+
+
 def _fit_epochs(model, loss_fn, split, epochs=60, batch_size=256, lr=5e-3, seed=0):
     """Adam on shuffled mini-batches of ``split`` (the protocol behind the CVIB numbers below)."""
     g = torch.Generator().manual_seed(seed)
