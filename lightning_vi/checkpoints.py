@@ -244,10 +244,11 @@ def _describe(class_path: str) -> str:
 
 
 def check_family(ckpt: dict[str, Any], path: str | Path, class_path: str) -> None:
-    """Stop when the family class LightningCLI recorded in ``ckpt`` (``hyper_parameters['_class_path']``)
+    """Stop when the family class recorded in ``ckpt`` (LightningCLI's ``hyper_parameters['_class_path']``, or
+    ``lvi_class_path`` that every VIModule writes)
     is not ``class_path``, the class the config builds; both are named (registered name and class)."""
     hp = ckpt.get("hyper_parameters") or {}
-    written_by = hp.get("_class_path") if isinstance(hp, dict) else None
+    written_by = (hp.get("_class_path") if isinstance(hp, dict) else None) or ckpt.get("lvi_class_path")
     if not isinstance(written_by, str) or not isinstance(class_path, str):
         return
     if written_by != class_path and written_by.rsplit(".", 1)[-1] != class_path.rsplit(".", 1)[-1]:

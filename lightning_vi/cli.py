@@ -27,7 +27,7 @@ import lightning_vi.callbacks  # noqa: F401  (short class names in configs: Samp
 import lightning_vi.data  # noqa: F401  (short class names in configs: DigitsDataModule, ...)
 from lightning_vi import checkpoints as ckpts
 from lightning_vi.callbacks.wandb_run import WandbRunRecord, wandb_loggers
-from lightning_vi.core.module import NonFiniteLossError, VIModule
+from lightning_vi.core.module import NonFiniteLossError, VIModule, import_object
 from lightning_vi.registry import FAMILIES, PLUGINS, UnknownNameError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -148,6 +148,8 @@ class VICLI(LightningCLI):
         checkpoint trains a VAE. lvi keeps the config's model: the checkpoint is read safely and its family
         checked now, its weights against the built model in ``before_<subcommand>``."""
         self._lvi_checkpoint = _read_ckpt_path(self)
+        if self._lvi_checkpoint is not None:
+            _take_checkpoint_hparams(self, self._lvi_checkpoint[1])
 
     def before_instantiate_classes(self) -> None:
         _redirect_smoke_run(self)
@@ -210,6 +212,23 @@ def _read_ckpt_path(cli: LightningCLI) -> tuple[str, dict] | None:
     model = cli.config[subcommand].get("model")
     ckpts.check_family(ckpt, path, getattr(model, "class_path", None))
     return str(path), ckpt
+
+
+def _take_checkpoint_hparams(cli: LightningCLI, ckpt: dict) -> None:
+    """Copy into the config the hyper-parameters the family takes from its checkpoint
+    (``hparams_from_checkpoint``, e.g. a diffusion consumer's frozen producer spec)."""
+    model = cli.config[cli.config["subcommand"]].get("model")
+    class_path = getattr(model, "class_path", None)
+    if not class_path or getattr(model, "init_args", None) is None:
+        return
+    try:
+        keys = getattr(import_object(class_path), "hparams_from_checkpoint", ())
+    except (ImportError, AttributeError, ValueError):
+        return
+    saved = ckpt.get("hyper_parameters") or {}
+    for key in keys:
+        if saved.get(key) is not None and key in model.init_args:
+            model.init_args[key] = saved[key]
 
 
 def _check_ckpt_path(cli: LightningCLI, subcommand: str) -> None:

@@ -402,3 +402,7 @@ class VIModule(L.LightningModule):
         # torch.load(weights_only=True) reads them and load_from_checkpoint rebuilds the plugins.
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = to_plain(dict(checkpoint["hyper_parameters"]))
+        # Which class wrote it, also for checkpoints saved from Python (LightningCLI records _class_path only
+        # for its own runs): producers and --ckpt_path checks name the family from this.
+        cls = type(self)
+        checkpoint["lvi_class_path"] = f"{cls.__module__}.{cls.__qualname__}"

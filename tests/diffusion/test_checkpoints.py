@@ -77,7 +77,7 @@ def test_lvi_test_of_a_consumer_after_its_producer_is_gone(tmp_path, monkeypatch
     consumer with and without the producer's checkpoint: the same test metrics."""
     monkeypatch.chdir(tmp_path)
     short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--smoke", "false"]
     build_cli(["fit", "--config", str(ROOT / "configs/vae/vae_iwae.yaml"), *short])
     cfg = str(ROOT / "configs/diffusion/latent_diffusion_digits.yaml")
     build_cli(["fit", "--config", cfg, *short])

@@ -39,19 +39,27 @@ def _init_arg_names(cls: type) -> set[str]:
     return names
 
 
-def checkpoint_family(hparams: dict[str, Any]) -> str | None:
+def checkpoint_family(hparams: dict[str, Any], class_path: str | None = None) -> str | None:
     """Registered family that wrote a checkpoint with these ``hyper_parameters`` (None: not known).
 
-    ``lvi fit`` records the class path; for checkpoints written from Python the family is the one
-    whose constructor arguments are exactly the stored hyper-parameters."""
-    if "_class_path" in hparams:
+    The class path comes from the checkpoint (``lvi_class_path``, written by every VIModule) or from
+    LightningCLI's ``_class_path``; for older checkpoints written from Python, the family is the one
+    whose constructor accepts every stored hyper-parameter with the fewest arguments left over (a
+    subclass such as cevae accepts a vae's arguments too, plus its own)."""
+    class_path = hparams.get("_class_path") or class_path
+    if class_path:
         try:
-            return FAMILIES.name_of(import_object(hparams["_class_path"]))
+            return FAMILIES.name_of(import_object(class_path))
         except (ImportError, AttributeError, ValueError):
             return None
     keys = set(hparams) - set(_META)
-    matches = [name for name, cls in FAMILIES.items() if keys and keys == _init_arg_names(cls)]
-    return matches[0] if len(matches) == 1 else None
+    if not keys:
+        return None
+    fits = sorted((len(names - keys), name) for name, cls in FAMILIES.items()
+                  if keys <= (names := _init_arg_names(cls)))
+    if not fits or (len(fits) > 1 and fits[0][0] == fits[1][0]):
+        return None
+    return fits[0][1]
 
 
 def _build(cls: type, init_args: dict[str, Any]) -> nn.Module:
@@ -87,7 +95,7 @@ def read_producer(path: str, *, arg: str, consumer: str, families: tuple[str, ..
         raise ValueError(f"{arg}={path!r} is not a Lightning checkpoint ({type(err).__name__}: {err}); "
                          f"{consumer} needs a {need} checkpoint; make one with: {make}") from None
     hp = dict(ckpt.get("hyper_parameters") or {})
-    family = checkpoint_family(hp)
+    family = checkpoint_family(hp, ckpt.get("lvi_class_path"))
     if family not in families:
         who = f"{family!r}" if family else "an unrecognised family"
         raise ValueError(f"{arg}={path!r} was written by {who}; {consumer} needs a {need} checkpoint; "
@@ -96,6 +104,8 @@ def read_producer(path: str, *, arg: str, consumer: str, families: tuple[str, ..
     init_args = {k: v for k, v in hp.items() if k not in _META}
     spec = {"family": family, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
     model = _build(cls, init_args)
+    if hasattr(model, "on_load_checkpoint"):  # the family's own renames of older state-dict keys
+        model.on_load_checkpoint(ckpt)
     model.load_state_dict(ckpt["state_dict"])
     for name, want in (shapes or {}).items():
         have = getattr(model, name)
@@ -135,6 +145,9 @@ class FrozenProducers:
     the file that was read."""
 
     producers: tuple[str, ...] = ()
+    #: Hyper-parameters that ``lvi ... --ckpt_path`` takes from the checkpoint, not the config: the producer
+    #: spec written at the first build, so the consumer rebuilds without the producer's file.
+    hparams_from_checkpoint: tuple[str, ...] = ("vae_config", "prior_config")
 
     def train(self, mode: bool = True):
         super().train(mode)
