@@ -15,11 +15,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _kernel_cpu(client) -> callable:
+def _kernel_cpu(client) -> Callable[[], float | None]:
     """A function returning the kernel process's CPU seconds so far (None when psutil is missing)."""
     try:
         import psutil
