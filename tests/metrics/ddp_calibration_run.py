@@ -33,17 +33,23 @@ class DictDataset(Dataset):
 
 
 def build(seed: int = 0, n: int = N, head_scale: float = 6.0):
-    """A fixed untrained MLP classifier (head scaled up, so confidences spread over the ECE bins) and data."""
+    """A fixed untrained MLP classifier (head scaled up, so confidences spread over the ECE bins) and data
+    whose label is the model's prediction with probability ``1.6 conf - 0.3`` (clamped to [0, 1]) and
+    another class otherwise: the model is over-confident below conf = 0.5 and under-confident above, so the
+    ECE depends on the bins (not only on mean confidence - accuracy)."""
     from lightning_vi.families.classifier import Classifier
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, FEATURES, generator=g) * 2.0
-    y = torch.randint(0, CLASSES, (n,), generator=g)
-    y[: n // 3] = (x[: n // 3, :CLASSES]).argmax(-1)  # a third of the labels predictable from x
     torch.manual_seed(seed)
     model = Classifier(input_shape=[FEATURES], num_classes=CLASSES, backbone="mlp", hidden_dims=[32], feature_dim=16)
     with torch.no_grad():
         model.head.weight.mul_(head_scale)
+        conf, pred = torch.softmax(model.eval()(x), -1).max(-1)
+    model.train()
+    hit = torch.rand(n, generator=g) < (1.6 * conf - 0.3).clamp(0, 1)
+    other = (pred + torch.randint(1, CLASSES, (n,), generator=g)) % CLASSES
+    y = torch.where(hit, pred, other)
     return model, DictDataset(x, y)
 
 
