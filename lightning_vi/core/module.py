@@ -10,7 +10,8 @@ Data flow of one training step::
 
 Scalar entries of the objective's dict are *terms*: those named in ``term_weights`` enter the loss,
 the others (``elbo``, ``acc``) are diagnostics; all are logged as ``<stage>/<name>``. Non-scalar entries
-are *outputs* (latents, logits) handed to plugins and never logged.
+are *outputs* (latents, logits) handed to plugins and never logged; in validation and test they also
+feed ``update_metrics`` (epoch-level ``torchmetrics``, see ``lightning_vi.core.metrics_mixin``).
 """
 
 from __future__ import annotations
@@ -219,6 +220,10 @@ class VIModule(L.LightningModule):
         """Extra test-time terms (e.g. an importance-sampled log-likelihood); default none."""
         return {}
 
+    def update_metrics(self, outputs: dict[str, Any], batch: Any, stage: str) -> None:
+        """Feed epoch-level metrics from the non-scalar outputs of a ``"val"``/``"test"`` step; default none
+        (``StageMetricsMixin`` implements it)."""
+
     def sample(self, n: int) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not define sample(n)")
 
@@ -248,6 +253,8 @@ class VIModule(L.LightningModule):
             out = {**out, **self.test_terms(batch)}
         terms = {k: v for k, v in out.items() if isinstance(v, Tensor) and v.ndim == 0}
         outputs = {k: v for k, v in out.items() if k not in terms}
+        if stage in ("val", "test"):
+            self.update_metrics(outputs, batch, stage)
         loss = None
         for k, w in self.term_weights.items():
             if k in terms and w != 0:

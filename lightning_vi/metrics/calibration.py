@@ -4,7 +4,9 @@ All take *probabilities* ``[N, C]`` (e.g. the Monte-Carlo average of softmax out
 integer labels ``[N]``. ECE is torchmetrics' ``CalibrationError`` (L1, equal-width bins; Guo et al.
 2017, Eq. 3); Brier is the multi-class Brier score ``mean_i sum_c (p_ic - 1[y_i = c])^2`` (Brier
 1950). ``BrierScore`` and ``NegativeLogLikelihood`` are ``torchmetrics.Metric``s so they sync under
-DDP; the functional forms are handy in tests and notebooks.
+DDP, and :func:`classification_collection` bundles all four as the ``MetricCollection`` that the
+classifier families report per stage (``lightning_vi.core.metrics_mixin``); the functional forms
+compute on one tensor of predictions at once (tests, notebooks, one-shot diagnostics).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 from torchmetrics.functional.classification import binary_auroc, multiclass_calibration_error
 
 EPS = 1e-12
@@ -69,33 +72,80 @@ def reliability_bins(probs: Tensor, y: Tensor, n_bins: int = 10) -> tuple[Tensor
     return conf_sum / denom, acc_sum / denom, count
 
 
+def _check_probs(probs: Tensor, y: Tensor) -> None:
+    if probs.ndim != 2 or y.ndim != 1 or probs.shape[0] != y.shape[0]:
+        raise ValueError(f"probs/y have shapes {tuple(probs.shape)}/{tuple(y.shape)}; expected (N, C) and (N,)")
+
+
 class _ExampleMean(Metric):
-    """Mean of a per-batch score over all examples; sums are synced across processes."""
+    """Mean over *examples* (not batches) of a per-example score: the per-example sum and the number of
+    examples are ``sum`` states (float64), so the epoch value under unequal batches and under DDP is the
+    mean over the whole split. Subclasses define ``per_example(probs, y) -> [N]``."""
 
     higher_is_better = False
+    is_differentiable = False
     full_state_update = False
-    score = staticmethod(lambda probs, y: probs.new_zeros(()))
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @staticmethod
+    def per_example(probs: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError("subclasses of _ExampleMean define per_example(probs, y) -> [N]")
 
     def update(self, probs: Tensor, y: Tensor) -> None:
-        self.total += self.score(probs, y) * len(y)
-        self.count += len(y)
+        _check_probs(probs, y)
+        self.total += self.per_example(probs.detach().double(), y.long()).sum()
+        self.count += y.shape[0]
 
     def compute(self) -> Tensor:
-        return self.total / self.count.clamp_min(1)
+        return (self.total / self.count.clamp_min(1)).float()
 
 
 class BrierScore(_ExampleMean):
-    """Multi-class Brier score as a ``torchmetrics.Metric``."""
+    """Multi-class Brier score ``mean_i sum_c (p_ic - 1[y_i = c])^2`` as a ``torchmetrics.Metric``."""
 
-    score = staticmethod(brier_score)
+    @staticmethod
+    def per_example(probs: Tensor, y: Tensor) -> Tensor:
+        return (probs - F.one_hot(y, probs.shape[-1]).to(probs)).pow(2).sum(-1)
 
 
 class NegativeLogLikelihood(_ExampleMean):
     """Mean negative log predictive probability of the true label, as a ``torchmetrics.Metric``."""
 
-    score = staticmethod(nll)
+    @staticmethod
+    def per_example(probs: Tensor, y: Tensor) -> Tensor:
+        return -probs.gather(-1, y[:, None]).squeeze(-1).clamp_min(EPS).log()
+
+
+#: Default names of :func:`classification_collection`'s metrics (the keys of ``classification_metrics``).
+CLASSIFICATION_NAMES = {"acc": "acc", "nll": "nll", "ece": "ece", "brier": "brier"}
+
+
+def classification_collection(num_classes: int, n_bins: int = 15, names: dict[str, str] | None = None) -> MetricCollection:
+    """Epoch-level ``{acc, nll, ece, brier}`` of predictive probabilities as one ``MetricCollection``.
+
+    The ``Metric`` counterpart of :func:`classification_metrics`: accuracy (torchmetrics
+    ``MulticlassAccuracy``, micro average = fraction correct), NLL and Brier (:class:`NegativeLogLikelihood`,
+    :class:`BrierScore`) and ECE (torchmetrics ``MulticlassCalibrationError``, L1, ``n_bins`` equal-width
+    bins; Guo et al. 2017, Eq. 3). ``names`` renames entries, e.g. ``{"acc": "pred_acc"}``.
+    Update with ``(probs [N, C], y [N])``.
+    """
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes={num_classes!r} is out of range; allowed: [2, inf)")
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins={n_bins!r} is out of range; allowed: [1, inf)")
+    unknown = sorted(set(names or {}) - set(CLASSIFICATION_NAMES))
+    if unknown:
+        raise ValueError(f"names has unknown keys {unknown}; allowed: {sorted(CLASSIFICATION_NAMES)}")
+    rename = {**CLASSIFICATION_NAMES, **(names or {})}
+    metrics = {
+        rename["acc"]: MulticlassAccuracy(num_classes=int(num_classes), average="micro"),
+        rename["nll"]: NegativeLogLikelihood(),
+        rename["ece"]: MulticlassCalibrationError(num_classes=int(num_classes), n_bins=int(n_bins), norm="l1"),
+        rename["brier"]: BrierScore(),
+    }
+    # compute_groups would merge NLL and Brier (same state names) whenever their states happen to be equal
+    return MetricCollection(metrics, compute_groups=False)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_vi.core.metrics_mixin import PredictiveMetricsMixin
 from lightning_vi.core.module import VIModule
-from lightning_vi.metrics.calibration import classification_metrics
 
 
 def infer_train_size(module: VIModule) -> int | None:
@@ -28,11 +28,15 @@ def infer_train_size(module: VIModule) -> int | None:
         return None
 
 
-class BayesClassifierMixin:
-    """For families with ``logits(x) -> [B, C]`` (stochastic when sampling) and ``self.num_eval_samples``.
+class BayesClassifierMixin(PredictiveMetricsMixin):
+    """For families with ``logits(x) -> [B, C]`` (stochastic when sampling), ``self.num_eval_samples`` and a
+    ``num_classes`` hyper-parameter; they call ``self.build_metrics()`` at the end of ``__init__``.
 
     KL scaling: the loss is ``nll_mean + kl_weight * KL_sum / dataset_size`` (Blundell et al. 2015,
     Eq. 2 divided by N). ``dataset_size`` is taken from the data module at ``setup`` when not given.
+
+    Test metrics: ``test/pred_acc``, ``test/pred_nll``, ``test/ece`` (15 bins), ``test/brier`` of the MC
+    predictive ``predict_proba`` over the whole test split (epoch-level ``torchmetrics``, synced under DDP).
     """
 
     dataset_size: int | None
@@ -71,10 +75,6 @@ class BayesClassifierMixin:
         """Monte-Carlo predictive ``mean_s softmax(logits_s)`` over ``num_samples`` posterior samples."""
         s = num_samples or self.num_eval_samples
         return torch.stack([self.logits(x).softmax(-1) for _ in range(s)]).mean(0)
-
-    def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        m = classification_metrics(self.predict_proba(batch["x"]), batch["y"])
-        return {"pred_acc": m["acc"], "pred_nll": m["nll"], "ece": m["ece"], "brier": m["brier"]}
 
 
 def mc_nll(logits_samples: Tensor, y: Tensor) -> Tensor:

@@ -173,6 +173,7 @@ class BinaryVCL(BayesClassifierMixin, VIModule):
         self.register_buffer("tasks_consolidated", torch.zeros((), dtype=torch.long))
         self.term_weights = {"nll": 1.0, "kl": 0.0}
         self._set_kl_scale()
+        self.build_metrics()
 
     def _set_kl_scale(self) -> None:
         if self.dataset_size:

@@ -94,6 +94,7 @@ class BNN(BayesClassifierMixin, VIModule):
             self.net = bayes_convnet(self.input_shape, list(conv_channels), num_classes, prior_std, init_std)
         self.term_weights = {"nll": 1.0, "kl": 0.0}
         self._set_kl_scale()
+        self.build_metrics()
 
     def logits(self, x: Tensor) -> Tensor:
         """One posterior sample of the logits (posterior mean when sampling is switched off)."""

@@ -30,8 +30,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.metrics_mixin import PredictiveMetricsMixin
 from lightning_vi.core.module import VIModule
-from lightning_vi.metrics.calibration import classification_metrics
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
@@ -60,7 +60,7 @@ class VIBMask(nn.Module):
 
 
 @FAMILIES.register("cvib")
-class CVIB(VIModule):
+class CVIB(PredictiveMetricsMixin, VIModule):
     """CVIB classifier: self-pruned VIB network + contrastive loss against the original network.
 
     Args:
@@ -109,6 +109,7 @@ class CVIB(VIModule):
         self.num_units = sum(mask_dims)
         self.term_weights = {"ce": 1.0, "ce_original": 1.0, "compression": beta / self.num_units,
                              "contrastive": gamma}
+        self.build_metrics()
 
     def represent(self, x: Tensor, pruned: bool, sample: bool = True) -> Tensor:
         h = x.flatten(1)
@@ -159,7 +160,3 @@ class CVIB(VIModule):
             "density": self.density(),
             "z": h_p, "logits": logits_p,
         }
-
-    def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        m = classification_metrics(self.predict_proba(batch["x"]), batch["y"])
-        return {"pred_acc": m["acc"], "pred_nll": m["nll"], "ece": m["ece"], "brier": m["brier"]}

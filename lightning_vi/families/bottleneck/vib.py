@@ -19,15 +19,15 @@ from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl_per_dim
+from lightning_vi.core.metrics_mixin import PredictiveMetricsMixin
 from lightning_vi.core.module import VIModule
-from lightning_vi.metrics.calibration import classification_metrics
 from lightning_vi.nn import MLP
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
 @FAMILIES.register("vib")
-class VIB(VIModule):
+class VIB(PredictiveMetricsMixin, VIModule):
     """Variational information bottleneck classifier with a Gaussian stochastic code.
 
     Args:
@@ -63,6 +63,7 @@ class VIB(VIModule):
         self.encoder = MLP(math.prod(self.input_shape), list(hidden_dims), 2 * latent_dim)
         self.decoder = nn.Linear(latent_dim, num_classes)
         self.term_weights = {"ce": 1.0, "rate": beta}
+        self.build_metrics()
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_var = self.encoder(x).chunk(2, dim=-1)
@@ -87,7 +88,3 @@ class VIB(VIModule):
         rate = gaussian_kl_per_dim(mu, log_var).sum(-1).mean()
         acc = (logits.mean(0).argmax(-1) == y).float().mean()
         return {"ce": ce, "rate": rate, "acc": acc, "z": z[0], "logits": logits[0]}
-
-    def test_terms(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        m = classification_metrics(self.predict_proba(batch["x"]), batch["y"])
-        return {"pred_acc": m["acc"], "pred_nll": m["nll"], "ece": m["ece"], "brier": m["brier"]}

@@ -5,8 +5,9 @@ Loss: cross-entropy ``ce = -1/B sum_i sum_c t_ic log softmax(f(x_i))_c`` with on
 targets ``y_soft`` [B, C] into the batch, those (soft cross-entropy, Zhang et al. 2018 Eq. 1;
 Yun et al. 2019 Eq. 1). When the head returns ``K`` samples ``[K, B, C]`` (``multisample_dropout``,
 Inoue 2019) the loss is the mean of the K per-sample losses. Diagnostics: ``acc``, ``nll`` (hard-label
-NLL of the averaged prediction) and, in validation, the expected calibration error ``ece``
-(Guo et al. 2017, 15 bins, torchmetrics).
+NLL of the averaged prediction); in validation and test these, the expected calibration error ``ece``
+(Guo et al. 2017, 15 bins, torchmetrics) and the Brier score ``brier`` are epoch-level metrics over the
+whole split (:func:`~lightning_vi.metrics.calibration.classification_collection`).
 
 Plugin targets: ``self.backbone`` (produces ``[B, feature_dim]`` features), ``self.feature_dim``,
 ``self.dropout`` (an ``nn.Dropout``) and ``self.head`` (``nn.Linear(feature_dim, num_classes)``).
@@ -20,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassCalibrationError
+from torchmetrics import MetricCollection
 
 from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.core.metrics_mixin import StageMetricsMixin
 from lightning_vi.core.module import VIModule
+from lightning_vi.metrics.calibration import classification_collection
 from lightning_vi.nn.backbones import BACKBONES, build_backbone
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
@@ -35,7 +38,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 
 @FAMILIES.register("classifier")
-class Classifier(VIModule):
+class Classifier(StageMetricsMixin, VIModule):
     """Classifier with an MLP / small ConvNet / small ResNet backbone, a feature layer and a linear head.
 
     Args:
@@ -77,9 +80,12 @@ class Classifier(VIModule):
         self.backbone = build_backbone(backbone, self.input_shape, feature_dim, hidden_dims, channels)
         self.dropout = nn.Dropout(dropout)
         self.head: nn.Module = nn.Linear(feature_dim, num_classes)
-        self.val_ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=15, norm="l1")
         self.term_weights = {"ce": 1.0}
-        self._last_logits: Tensor | None = None
+        self.build_metrics()
+
+    def metrics(self) -> MetricCollection:
+        """``acc``, ``nll``, ``ece`` (15 bins), ``brier`` of ``probs`` (``val/...``, ``test/...``)."""
+        return classification_collection(self.num_classes, n_bins=15)
 
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)
@@ -118,11 +124,4 @@ class Classifier(VIModule):
             probs = torch.softmax(logits.float(), -1)
         nll = F.nll_loss(torch.log(probs.clamp_min(1e-12)), y)
         acc = (probs.argmax(-1) == y).float().mean()
-        self._last_logits = logits.detach()
         return {"ce": ce, "nll": nll, "acc": acc, "logits": logits, "probs": probs, "features": features}
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        if self._last_logits is not None:
-            self.val_ece.update(torch.softmax(self._last_logits.float(), -1), batch["y"].long())
-            self.log("val/ece", self.val_ece, on_step=False, on_epoch=True)
