@@ -35,8 +35,8 @@ def reliability_figure(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 10, t
 class ReliabilityDiagram(L.Callback):
     """Every ``every_n_epochs`` validation epochs, log ``media/reliability`` for the validation split.
 
-    Needs ``pl_module.predict_proba(x) -> [N, C]`` (:class:`~lightning_vi.core.protocols.Classifies`, checked at ``setup``) and a data
-    module with in-memory ``splits`` (or the first validation batch is used).
+    Needs ``pl_module.predict_proba(x) -> [N, C]`` (:class:`~lightning_vi.core.protocols.Classifies`, checked
+    at ``setup``) and a data module with in-memory ``splits`` (or the first validation batch is used).
     """
 
     def __init__(self, every_n_epochs: int = 1, n_bins: int = 10, max_examples: int = 2000) -> None:

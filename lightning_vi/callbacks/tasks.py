@@ -35,8 +35,8 @@ class TaskSequence(L.Callback):
     e.g. :class:`~lightning_vi.data.PermutedDigitsDataModule`.
 
     Every ``epochs_per_task`` epochs it calls ``model.consolidate()`` (when ``consolidate`` is on; the family
-    must then have one, :class:`~lightning_vi.core.protocols.Consolidates`, checked at ``setup``) and switches the data module to the next task, until the last task. After
-    each validation it logs ``val/acc_task{k}`` for every seen task, ``val/acc_old_mean`` (tasks before the
+    must then have one, :class:`~lightning_vi.core.protocols.Consolidates`, checked at ``setup``) and switches
+    the data module to the next task, until the last task. After each validation it logs ``val/acc_task{k}`` for every seen task, ``val/acc_old_mean`` (tasks before the
     current one) and ``val/acc_seen_mean``; ``history`` keeps ``(epoch, task, accuracies)``. Needs
     ``trainer.reload_dataloaders_every_n_epochs: 1`` so the new task's loaders are built.
     """

@@ -16,7 +16,7 @@ The first docstring line of each protocol completes "<consumer> needs a family t
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Protocol, TypeVar, get_type_hints, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -125,15 +125,9 @@ class Consolidates(Protocol):
 
 def _members(protocol: type) -> tuple[dict[str, Any], dict[str, Callable[..., Any]]]:
     """(annotated data members, methods) declared by ``protocol`` itself."""
-    data = dict(protocol.__dict__.get("__annotations__", {}))
+    data = {k: v for k, v in get_type_hints(protocol).items() if k in protocol.__dict__.get("__annotations__", {})}
     methods = {k: v for k, v in protocol.__dict__.items() if inspect.isfunction(v) and not k.startswith("_")}
     return data, methods
-
-
-def _resolve(annotation: Any, protocol: type) -> Any:
-    if isinstance(annotation, str):  # ``from __future__ import annotations``
-        return eval(annotation, vars(inspect.getmodule(protocol)))  # noqa: S307  (our own module's names)
-    return annotation
 
 
 def _call_shape(fn: Callable[..., Any]) -> tuple[list[str], list[str]]:
@@ -148,8 +142,7 @@ def missing_members(module: Any, protocol: type) -> list[str]:
     """What ``module`` lacks of ``protocol``, one phrase per member; empty when it has them all."""
     data, methods = _members(protocol)
     missing = []
-    for name, annotation in data.items():
-        tp = _resolve(annotation, protocol)
+    for name, tp in data.items():
         if not hasattr(module, name):
             missing.append(f"the attribute `{name}`")
             continue
