@@ -81,7 +81,7 @@ def test_mixup_then_cutmix_compose_and_classifier_uses_soft_targets():
 
 
 def test_cutmix_on_a_family_without_labels_fails_at_attach():
-    with pytest.raises(TypeError, match="cutmix.*cannot serve VAE.*num_classes"):
+    with pytest.raises(TypeError, match="cutmix.*needs a family that .*: VAE lacks the attribute `num_classes`"):
         VAE(plugins=["cutmix"])
-    with pytest.raises(TypeError, match="mixup.*cannot serve VAE"):
+    with pytest.raises(TypeError, match="mixup.*needs a family that .*: VAE lacks"):
         VAE(plugins=["mixup"])

@@ -74,7 +74,7 @@ def test_vf_alignment_on_vae_zero_for_projected_features_and_trains(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=3, limit_val_batches=1)
     trainer.fit(m, DigitsDataModule(batch_size=32))
     assert all(not p.requires_grad for p in plug.extractor.parameters())
-    with pytest.raises(TypeError, match="vf_alignment.*cannot serve Classifier"):
+    with pytest.raises(TypeError, match="vf_alignment.*needs a family that .*latent_dim: Classifier lacks the attribute `latent_dim`"):
         Classifier(plugins=["vf_alignment"])
 
 

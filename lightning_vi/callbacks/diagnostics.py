@@ -8,13 +8,13 @@ Logs ``diag/active_units``, ``diag/collapsed_dims``, ``diag/mutual_information``
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import lightning as L
 import torch
 
 from lightning_vi.callbacks.media import figure_to_array, log_image
+from lightning_vi.core.protocols import HasLatents, require_capability
 from lightning_vi.metrics.latent import LatentStatistics, passive_correlation, passive_pair_correlation
 
 
@@ -36,20 +36,7 @@ class LatentDiagnostics(L.Callback):
         self.last: dict[str, torch.Tensor] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "encode", None)):
-            raise TypeError(
-                f"LatentDiagnostics needs a family with a latent posterior (a method encode(x) -> (mu, log_var)); "
-                f"{type(pl_module).__name__} has none. Remove the callback or use a family such as vae, cvae, hvae, cevae."
-            )
-        try:
-            inspect.signature(pl_module.encode).bind(None)
-        except TypeError:
-            raise TypeError(
-                f"LatentDiagnostics calls encode(x) -> (mu, log_var), but {type(pl_module).__name__}.encode"
-                f"{inspect.signature(pl_module.encode)} needs more arguments than x. Remove the callback for this family."
-            ) from None
-        except ValueError:  # no introspectable signature: checked on the first validation batch
-            pass
+        require_capability(pl_module, HasLatents, "LatentDiagnostics (e.g. on vae, cvae, hvae, cevae)")
 
     @torch.no_grad()
     def compute(self, pl_module: L.LightningModule, batch: dict) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from lightning_vi.callbacks.media import log_image, make_grid
+from lightning_vi.core.protocols import Decodes, HasLatents, Samples, require_capability
 
 
 class _EveryNEpochs(L.Callback):
@@ -29,21 +30,33 @@ class _EveryNEpochs(L.Callback):
         batch = next(iter(trainer.val_dataloaders))
         return (batch["x"] if isinstance(batch, dict) else batch[0])[:n]
 
+    @staticmethod
+    def _require_images(x: torch.Tensor, user: str, what: str, pl_module: L.LightningModule) -> None:
+        if x.ndim < 3:
+            raise ValueError(f"{user} logs image grids, but {what} of {type(pl_module).__name__} have shape "
+                             f"{tuple(x.shape)}; images need [N, C, H, W]. Remove the callback for this data.")
+
 
 class SampleGrid(_EveryNEpochs):
-    """Log a grid of ``n`` samples from ``pl_module.sample(n)`` as ``media/samples``."""
+    """Log a grid of ``n`` samples from ``pl_module.sample(n, generator)`` as ``media/samples``.
+
+    Needs a family that :class:`~lightning_vi.core.protocols.Samples` (checked at ``setup``) and image samples.
+    """
 
     def __init__(self, n: int = 64, every_n_epochs: int = 1, seed: int = 0) -> None:
         super().__init__(every_n_epochs)
         self.n, self.seed = n, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, Samples, "SampleGrid")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
         with torch.no_grad():
             x = pl_module.sample(self.n, generator=torch.Generator().manual_seed(self.seed))
-        if x.ndim >= 3:
-            log_image(trainer, "media/samples", make_grid(x))
+        self._require_images(x, "SampleGrid", "samples", pl_module)
+        log_image(trainer, "media/samples", make_grid(x))
 
 
 class Reconstructions(_EveryNEpochs):
@@ -57,10 +70,13 @@ class Reconstructions(_EveryNEpochs):
         if not self._due(trainer):
             return
         x = self._val_images(trainer, self.n).to(pl_module.device)
-        if x.ndim < 3:
-            return
+        self._require_images(x, "Reconstructions", "validation inputs", pl_module)
         with torch.no_grad():
             rec = pl_module(x)
+        if not isinstance(rec, torch.Tensor) or rec.shape != x.shape:
+            got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
+            raise TypeError(f"Reconstructions needs {type(pl_module).__name__}(x) to return a reconstruction of "
+                            f"x's shape {tuple(x.shape)}; got {got}")
         nrow = min(8, len(x))
         pairs = torch.cat([torch.cat([x[i:i + nrow], rec[i:i + nrow]]) for i in range(0, len(x), nrow)])
         log_image(trainer, "media/reconstructions", make_grid(pairs, nrow=nrow))
@@ -69,19 +85,24 @@ class Reconstructions(_EveryNEpochs):
 class LatentTraversal(_EveryNEpochs):
     """Vary each latent dimension over ``[-span, span]`` around a validation example's posterior mean.
 
-    One row per latent dimension (up to ``max_dims``), ``steps`` columns.
+    One row per latent dimension (up to ``max_dims``), ``steps`` columns. Needs a family with
+    :class:`~lightning_vi.core.protocols.HasLatents` and :class:`~lightning_vi.core.protocols.Decodes`
+    (checked at ``setup``); ``pl_module.mean(params)`` maps decoder outputs to images where the family has it.
     """
 
     def __init__(self, steps: int = 9, span: float = 2.5, max_dims: int = 10, every_n_epochs: int = 1) -> None:
         super().__init__(every_n_epochs)
         self.steps, self.span, self.max_dims = steps, span, max_dims
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, HasLatents, "LatentTraversal")
+        require_capability(pl_module, Decodes, "LatentTraversal")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer) or not hasattr(pl_module, "encode"):
+        if not self._due(trainer):
             return
         x = self._val_images(trainer, 1).to(pl_module.device)
-        if x.ndim < 3:
-            return
+        self._require_images(x, "LatentTraversal", "validation inputs", pl_module)
         with torch.no_grad():
             mu = pl_module.encode(x)[0][0]
             d = min(self.max_dims, mu.numel())

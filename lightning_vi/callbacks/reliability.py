@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from lightning_vi.callbacks.media import figure_to_array, log_image
+from lightning_vi.core.protocols import Classifies, require_capability
 from lightning_vi.metrics.calibration import ece, reliability_bins
 
 
@@ -34,8 +35,8 @@ def reliability_figure(probs: torch.Tensor, y: torch.Tensor, n_bins: int = 10, t
 class ReliabilityDiagram(L.Callback):
     """Every ``every_n_epochs`` validation epochs, log ``media/reliability`` for the validation split.
 
-    Needs ``pl_module.predict_proba(x) -> [N, C]`` (all classifier families here have it) and a data
-    module with in-memory ``splits`` (or the first validation batch is used).
+    Needs ``pl_module.predict_proba(x) -> [N, C]`` (:class:`~lightning_vi.core.protocols.Classifies`, checked
+    at ``setup``) and a data module with in-memory ``splits`` (or the first validation batch is used).
     """
 
     def __init__(self, every_n_epochs: int = 1, n_bins: int = 10, max_examples: int = 2000) -> None:
@@ -45,6 +46,9 @@ class ReliabilityDiagram(L.Callback):
             raise ValueError(f"n_bins={n_bins!r} is out of range; allowed: [2, inf)")
         self.every_n_epochs, self.n_bins, self.max_examples = every_n_epochs, n_bins, max_examples
         self.logged: list[str] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, Classifies, "ReliabilityDiagram")
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or (trainer.current_epoch + 1) % self.every_n_epochs:

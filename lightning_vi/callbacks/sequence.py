@@ -14,6 +14,7 @@ import torch
 
 from lightning_vi.callbacks.images import _EveryNEpochs
 from lightning_vi.callbacks.media import figure_to_array, log_image, make_grid
+from lightning_vi.core.protocols import Forecasts, HasEigenvalues, RegressesErrors, SamplesPaths, require_capability
 
 
 def _val_batch(trainer: L.Trainer, n: int, device: torch.device) -> dict:
@@ -41,6 +42,9 @@ class ForecastPlot(_EveryNEpochs):
         super().__init__(every_n_epochs)
         self.n, self.n_samples = n, n_samples
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, (Forecasts, RegressesErrors), "ForecastPlot (e.g. on kvae, pvrnn)")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._due(trainer):
             return
@@ -48,12 +52,10 @@ class ForecastPlot(_EveryNEpochs):
         x = batch["x"]
         n_obs = x.shape[1] // 2
         ctx = {k: v[:, :n_obs] for k, v in batch.items() if v.ndim >= 2 and v.shape[1] == x.shape[1]}
-        if hasattr(pl_module, "forecast"):
+        if isinstance(pl_module, Forecasts):
             samples = pl_module.forecast(ctx, x.shape[1] - n_obs, self.n_samples)  # [S, B, H, C]
-        elif hasattr(pl_module, "error_regression"):
+        else:  # RegressesErrors, checked at setup
             samples = pl_module.error_regression(x[:, :n_obs], x.shape[1] - n_obs)[None, :, n_obs:]
-        else:
-            return
         samples = samples[..., 0].cpu().numpy()
         fig, axes = _figure(len(x))
         steps = np.arange(x.shape[1])
@@ -75,8 +77,11 @@ class KoopmanEigenPlot(_EveryNEpochs):
         super().__init__(every_n_epochs)
         self.n = n
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, HasEigenvalues, "KoopmanEigenPlot (e.g. on kvae)")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer) or not hasattr(pl_module, "eigenvalues"):
+        if not self._due(trainer):
             return
         ev = pl_module.eigenvalues(_val_batch(trainer, self.n, pl_module.device)).cpu().numpy()
         fig, axes = _figure(1)
@@ -96,8 +101,11 @@ class SamplePathsPlot(_EveryNEpochs):
         super().__init__(every_n_epochs)
         self.n, self.seed = n, seed
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_capability(pl_module, SamplesPaths, "SamplePathsPlot (e.g. on fbm_sde)")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._due(trainer) or not hasattr(pl_module, "sample_paths"):
+        if not self._due(trainer):
             return
         t = _val_batch(trainer, 1, pl_module.device)["t"][0]
         paths = pl_module.sample_paths(self.n, t, torch.Generator().manual_seed(self.seed))[..., 0].cpu().numpy()
@@ -120,6 +128,10 @@ class VideoReconstructions(_EveryNEpochs):
         x = _val_batch(trainer, self.n, pl_module.device)["x"]
         with torch.no_grad():
             rec = pl_module(x)
+        if x.ndim != 5 or not isinstance(rec, torch.Tensor) or rec.shape != x.shape:
+            got = tuple(rec.shape) if isinstance(rec, torch.Tensor) else type(rec).__name__
+            raise TypeError(f"VideoReconstructions needs videos x [B, C, T, H, W] and {type(pl_module).__name__}(x) "
+                            f"of the same shape; got x {tuple(x.shape)}, reconstruction {got}")
         pairs = torch.stack([x, rec], 1).flatten(0, 1)  # [2n, C, T, H, W]
         frames = pairs.transpose(1, 2).flatten(0, 1)  # [2n*T, C, H, W]
         log_image(trainer, "media/video_reconstructions", make_grid(frames, nrow=x.shape[2]))

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_vi.core.protocols import Consolidates, require_capability
+
 
 @torch.no_grad()
 def task_accuracies(model: nn.Module, datamodule: Any, split: str = "val", tasks: int | None = None) -> list[float]:
@@ -32,9 +34,9 @@ class TaskSequence(L.Callback):
     """Continual learning over a task data module (``set_task``, ``task``, ``num_tasks``, ``task_split``),
     e.g. :class:`~lightning_vi.data.PermutedDigitsDataModule`.
 
-    Every ``epochs_per_task`` epochs it calls ``model.consolidate()`` (when the model has one and
-    ``consolidate`` is on) and switches the data module to the next task, until the last task. After
-    each validation it logs ``val/acc_task{k}`` for every seen task, ``val/acc_old_mean`` (tasks before the
+    Every ``epochs_per_task`` epochs it calls ``model.consolidate()`` (when ``consolidate`` is on; the family
+    must then have one, :class:`~lightning_vi.core.protocols.Consolidates`, checked at ``setup``) and switches
+    the data module to the next task, until the last task. After each validation it logs ``val/acc_task{k}`` for every seen task, ``val/acc_old_mean`` (tasks before the
     current one) and ``val/acc_seen_mean``; ``history`` keeps ``(epoch, task, accuracies)``. Needs
     ``trainer.reload_dataloaders_every_n_epochs: 1`` so the new task's loaders are built.
     """
@@ -55,6 +57,11 @@ class TaskSequence(L.Callback):
                             f"lightning_vi.data.PermutedDigitsDataModule); got {type(dm).__name__}")
         return dm
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.consolidate:
+            require_capability(pl_module, Consolidates, "TaskSequence(consolidate=True) (e.g. on binary_vcl; "
+                               "set consolidate: false for a family that keeps no per-task state)")
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._datamodule(trainer)
         if trainer.reload_dataloaders_every_n_epochs != 1:
@@ -64,7 +71,7 @@ class TaskSequence(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = self._datamodule(trainer)
         if (trainer.current_epoch + 1) % self.epochs_per_task == 0 and dm.task < dm.num_tasks - 1:
-            if self.consolidate and hasattr(pl_module, "consolidate"):
+            if self.consolidate:  # Consolidates, checked at setup
                 pl_module.consolidate()
             dm.set_task(dm.task + 1)
 

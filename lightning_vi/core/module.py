@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_shape, renamed_argument
+from lightning_vi.core.protocols import placeholder
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
 
@@ -224,6 +225,7 @@ class VIModule(L.LightningModule):
         """Feed epoch-level metrics from the non-scalar outputs of a ``"val"``/``"test"`` step; default none
         (``StageMetricsMixin`` implements it)."""
 
+    @placeholder  # families that sample override it; require_capability(m, Samples) treats this one as missing
     def sample(self, n: int) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not define sample(n)")
 

@@ -31,11 +31,14 @@ def require(cond: bool, plugin: str, module: Any, why: str) -> None:
 
 
 def require_classifier(plugin: str, module: Any) -> int:
-    """The module's ``num_classes`` (classifier-like families only)."""
-    n = getattr(module, "num_classes", None)
-    require(isinstance(n, int) and n >= 2, plugin, module,
-            "it mixes class labels, so the family must be a classifier with an int `num_classes` attribute "
-            "and batches with labels 'y' (e.g. the 'classifier' family)")
+    """The module's ``num_classes``: label-mixing plugins need a family that classifies and declares its classes."""
+    from lightning_vi.core.protocols import Classifies, HasClasses, require_capability
+
+    user = f"plugin {plugin!r} (it mixes class labels into batch['y_soft'])"
+    require_capability(module, HasClasses, user)
+    require_capability(module, Classifies, user)
+    n = module.num_classes
+    require(n >= 2, plugin, module, f"it mixes class labels and num_classes={n!r}; allowed: an int >= 2")
     return int(n)
 
 

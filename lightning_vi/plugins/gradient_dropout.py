@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.protocols import HasTermWeights, require_capability
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
 
@@ -66,7 +67,8 @@ class GradientDropout(Plugin):
         self._g_reg: dict[int, Tensor] = {}
 
     def attach(self, module: Any) -> None:
-        tw = getattr(module, "term_weights", {})
+        require_capability(module, HasTermWeights, f"plugin {self.name!r}")
+        tw = module.term_weights
         if self.reg_term not in tw:
             raise ValueError(f"reg_term={self.reg_term!r} is not a weighted term of {type(module).__name__}; "
                              f"its terms are {sorted(tw)}")

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
+from lightning_vi.core.protocols import HasTermWeights, require_capability
 from lightning_vi.plugins._util import require
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
@@ -57,8 +58,9 @@ class KLSchedule(Plugin):
         self.weight = 1.0
 
     def attach(self, module: Any) -> None:
-        tw = getattr(module, "term_weights", None)
-        require(isinstance(tw, dict) and "kl" in tw, self.name, module,
+        require_capability(module, HasTermWeights, f"plugin {self.name!r}")
+        tw = module.term_weights
+        require("kl" in tw, self.name, module,
                 f"it schedules the weight of a 'kl' term and the family's term_weights are {tw}")
         self.beta = float(tw["kl"])
         self.set_step(module, 0)

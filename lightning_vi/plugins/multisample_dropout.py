@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.protocols import HasHead, require_capability
 from lightning_vi.plugins._util import require
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
@@ -59,8 +60,7 @@ class MultiSampleDropout(Plugin):
         self.k, self.p = int(k), float(p)
 
     def attach(self, module: Any) -> None:
-        require(isinstance(getattr(module, "head", None), nn.Module), self.name, module,
-                "it needs a `head` module that maps features to outputs (e.g. the 'classifier' family)")
+        require_capability(module, HasHead, f"plugin {self.name!r} (e.g. on the 'classifier' family)")
         require(not isinstance(module.head, MultiSampleHead), self.name, module, "multisample_dropout is attached twice")
         if isinstance(getattr(module, "dropout", None), nn.Dropout):
             module.dropout = nn.Identity()

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
+from lightning_vi.core.protocols import HasLatentDim, require_capability
 from lightning_vi.plugins._util import require
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import PLUGINS
@@ -110,10 +111,9 @@ class VFAlignment(Plugin):
         return int(_pool(net(torch.zeros(2, *shape))).shape[-1])
 
     def attach(self, module: Any) -> None:
-        latent_dim = getattr(module, "latent_dim", None)
-        require(isinstance(latent_dim, int), self.name, module,
-                "it aligns latents, so the family needs an int `latent_dim` and an objective output "
-                f"{self.latent!r} (e.g. the 'vae' family)")
+        require_capability(module, HasLatentDim, f"plugin {self.name!r} (it aligns the objective output "
+                           f"{self.latent!r} to features; e.g. the 'vae' family)")
+        latent_dim = module.latent_dim
         net = self.build_extractor(module).eval()
         for p in net.parameters():
             p.requires_grad_(False)

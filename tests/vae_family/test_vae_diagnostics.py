@@ -62,7 +62,7 @@ def test_diagnostics_on_family_without_posterior_fails_at_setup(tmp_path):
     data = DataLoader([{"x": torch.zeros(3)}] * 4, batch_size=2,
                       collate_fn=lambda b: {"x": torch.stack([e["x"] for e in b])})
     trainer = quiet_trainer(tmp_path, callbacks=[LatentDiagnostics()])
-    with pytest.raises(TypeError, match="NoLatent has none"):
+    with pytest.raises(TypeError, match=r"LatentDiagnostics .*needs a family that encodes .*: NoLatent lacks a method encode\(x\)"):
         trainer.fit(NoLatent(), data)
 
 
