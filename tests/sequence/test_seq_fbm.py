@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
-from helpers import quiet_trainer
+from helpers import ROOT, quiet_trainer
+from lightning_vi.callbacks.sequence import SamplePathsPlot
 from lightning_vi.data.fbm import FBMDataModule, fbm_covariance, fbm_paths
 from lightning_vi.families.sequence.fbm_sde import (
     FBMSDE, approximation_error, ma_fbm_covariance, ma_fbm_log_likelihood, optimal_weights, ou_rates)
@@ -125,3 +132,64 @@ def test_registered_trains_and_reloads(tmp_path):
     assert torch.allclose(m.weights(), m2.weights())
     assert torch.equal(m.encoder(x.new_zeros(2, 5, 3))[0], m2.encoder(x.new_zeros(2, 5, 3))[0])
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_imports_without_torchsde():
+    """torchsde is an optional extra: without it the package and this module import; the family says what to install."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torchsde"] = None  # makes `import torchsde` raise ImportError
+        import torch
+        import lightning_vi.families.sequence  # what registry discovery imports
+        from lightning_vi.families.sequence import fbm_sde
+        from lightning_vi.registry import FAMILIES
+        assert FAMILIES.get("fbm_sde").requires == ("torchsde",)
+        assert fbm_sde.approximation_error(0.5, fbm_sde.ou_rates(2)) < 1e-10  # closed forms need no torchsde
+        for build in (lambda: fbm_sde.FBMSDE(), lambda: fbm_sde._torchsde()):
+            try:
+                build()
+            except ImportError as err:
+                print("MSG", err)
+            else:
+                raise SystemExit("no ImportError")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    msgs = [line[4:] for line in proc.stdout.splitlines() if line.startswith("MSG ")]
+    assert msgs == ["fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'"] * 2, proc.stdout
+
+
+class _NoiseRecorder(L.Callback):
+    """Draws from the global torch and NumPy RNGs at each training epoch's start (what the training noise sees)."""
+
+    def __init__(self) -> None:
+        self.draws: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.draws.append((float(torch.rand(1)), float(np.random.rand())))
+
+
+def test_sample_paths_plot_leaves_training_noise_alone(tmp_path):
+    """SamplePathsPlot samples with its own seeded generator every validation epoch; the global RNG state that
+    drives the training noise must carry on, not restart from the same state after each validation."""
+    L.seed_everything(0)
+    dm = FBMDataModule(n=20, length=8, batch_size=16)
+    m = FBMSDE(dt=0.125, gamma_max=8.0)
+    rec = _NoiseRecorder()
+    trainer = quiet_trainer(tmp_path, max_epochs=4, callbacks=[SamplePathsPlot(n=3), rec], limit_train_batches=1,
+                            limit_val_batches=1)
+    trainer.fit(m, dm)
+    assert len(rec.draws) == 4
+    torch_draws, np_draws = zip(*rec.draws)
+    assert len(set(torch_draws)) == 4 and len(set(np_draws)) == 4, rec.draws
+
+    t = dm.splits["val"]["t"][0]
+    state, np_state = torch.get_rng_state(), np.random.get_state()
+    a = m.sample_paths(3, t, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(np.array_equal(u, v) for u, v in zip(np.random.get_state()[1:], np_state[1:]))
+    assert torch.equal(a, m.sample_paths(3, t, torch.Generator().manual_seed(5)))  # the generator fixes the paths
+    assert not torch.equal(a, m.sample_paths(3, t, torch.Generator().manual_seed(6)))
+    SamplePathsPlot(n=3).on_validation_epoch_end(trainer, m)  # the callback itself
+    assert torch.equal(torch.get_rng_state(), state)
