@@ -76,26 +76,33 @@ def test_hurst_index_learned_from_fbm_paths(true_h):
     assert abs(float(m.hurst.detach()) - true_h) < 0.06  # measured 0.334 (0.3) and 0.717 (0.7); K=5 bias
 
 
-@pytest.mark.parametrize("true_h", [0.3, 0.7])
-def test_hurst_index_learned_through_the_elbo(true_h):
-    """Training the whole model (torchsde, Girsanov KL) moves H from 0.5 to the correct side, biased to 0.5.
-
-    The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
-    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
-    """
-    L.seed_everything(0)
-    d = fbm_paths(64, 16, true_h, torch.Generator().manual_seed(1))
+def _elbo_hurst(true_h: float, seed: int = 0, steps: int = 100) -> float:
+    L.seed_everything(seed)
+    d = fbm_paths(64, 16, true_h, torch.Generator().manual_seed(seed + 1))
     m = FBMSDE(hurst=0.5, dt=1 / 16, gamma_max=16.0, hidden=32, context_dim=16, obs_std=0.02, lr=0.05)
     opt = torch.optim.Adam(m.parameters(), lr=m.hparams.lr)
-    for _ in range(100):
+    for _ in range(steps):
         out = m.objective(d)
         loss = out["recon"] + out["kl"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    h = float(m.hurst.detach())
-    print(f"fbm_sde Hurst through the ELBO: {h:.3f} (true {true_h})")
-    assert (h - 0.5) * (true_h - 0.5) > 0 and abs(h - true_h) < 0.2, h  # measured 0.412 (0.3), 0.555 (0.7)
+    return float(m.hurst.detach())
+
+
+def test_hurst_index_learned_through_the_elbo():
+    """Training the whole model (torchsde, Girsanov KL; 100 full-batch steps from H = 0.5) separates rough
+    (H = 0.3) from smooth (H = 0.7) paths, on the correct sides of 1/2, but biased toward 1/2.
+
+    The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
+    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
+    Bounds from seeds 0, 1, 2 (SEED_TABLE).
+    """
+    h_lo, h_hi = _elbo_hurst(0.3), _elbo_hurst(0.7)
+    print(f"fbm_sde Hurst through the ELBO: {h_lo:.3f} (true 0.3), {h_hi:.3f} (true 0.7)")
+    assert 0.3 < h_lo < 0.5 < h_hi < 0.7, (h_lo, h_hi)  # on the correct side, between the truth and 1/2
+    assert h_hi - h_lo > DIST_MIN, (h_lo, h_hi)
+    assert abs(h_lo - 0.3) < ERR_LO and abs(h_hi - 0.7) < ERR_HI, (h_lo, h_hi)
 
 
 def test_bad_hurst_and_times():

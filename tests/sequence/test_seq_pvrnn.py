@@ -64,7 +64,7 @@ def test_error_regression_lowers_heldout_prediction_error(sweep):
     err = {k: float(((v - x)[:, 10:] ** 2).mean()) for k, v in
            {"er": er, "shuffled": shuffled, "full": full, "prior": prior}.items()}
     print("pvrnn held-out prediction MSE", {k: round(v, 4) for k, v in err.items()})
-    assert err["er"] < 0.2 * err["shuffled"], err  # measured 0.013 vs 0.37, 0.016 vs 0.39 (seeds 0, 1)
+    assert err["er"] < 0.2 * err["shuffled"], err  # measured 0.013 vs 0.37, 0.016 vs 0.39, 0.015 vs 0.37 (seeds 0, 1, 2)
     assert err["er"] < 1.25 * err["full"], err  # measured ratio 1.03, 1.01, 0.99 (seeds 0, 1, 2)
     assert err["er"] < 0.3 * err["prior"], err  # measured 0.013 vs 0.49
 
