@@ -96,13 +96,13 @@ def test_hurst_index_learned_through_the_elbo():
 
     The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
     between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
-    Bounds from seeds 0, 1, 2 (SEED_TABLE).
+    Bounds from seeds 0, 1: H = 0.386, 0.445 (true 0.3) and 0.548, 0.590 (true 0.7).
     """
     h_lo, h_hi = _elbo_hurst(0.3), _elbo_hurst(0.7)
     print(f"fbm_sde Hurst through the ELBO: {h_lo:.3f} (true 0.3), {h_hi:.3f} (true 0.7)")
     assert 0.3 < h_lo < 0.5 < h_hi < 0.7, (h_lo, h_hi)  # on the correct side, between the truth and 1/2
-    assert h_hi - h_lo > DIST_MIN, (h_lo, h_hi)
-    assert abs(h_lo - 0.3) < ERR_LO and abs(h_hi - 0.7) < ERR_HI, (h_lo, h_hi)
+    assert h_hi - h_lo > 0.1, (h_lo, h_hi)  # measured 0.162, 0.145 (seeds 0, 1)
+    assert abs(h_lo - 0.3) < 0.18 and abs(h_hi - 0.7) < 0.18, (h_lo, h_hi)  # measured 0.086, 0.145 and 0.152, 0.110
 
 
 def test_bad_hurst_and_times():
