@@ -91,18 +91,19 @@ def _elbo_hurst(true_h: float, seed: int = 0, steps: int = 100) -> float:
 
 
 def test_hurst_index_learned_through_the_elbo():
-    """Training the whole model (torchsde, Girsanov KL; 100 full-batch steps from H = 0.5) separates rough
-    (H = 0.3) from smooth (H = 0.7) paths, on the correct sides of 1/2, but biased toward 1/2.
+    """Training the whole model (torchsde, Girsanov KL; 100 full-batch steps from H = 0.5) orders rough (H = 0.3)
+    and smooth (H = 0.7) paths, but the estimates are biased toward 1/2.
 
     The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
-    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
-    Bounds from seeds 0, 1: H = 0.386, 0.445 (true 0.3) and 0.548, 0.590 (true 0.7).
+    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias. Seeds 0, 1, 2:
+    H = 0.386, 0.445, 0.507 (true 0.3) and 0.548, 0.590, 0.606 (true 0.7): the rough estimate is not reliably
+    below 1/2 (seed 2), so the test asserts what holds on all three, with margin.
     """
     h_lo, h_hi = _elbo_hurst(0.3), _elbo_hurst(0.7)
     print(f"fbm_sde Hurst through the ELBO: {h_lo:.3f} (true 0.3), {h_hi:.3f} (true 0.7)")
-    assert 0.3 < h_lo < 0.5 < h_hi < 0.7, (h_lo, h_hi)  # on the correct side, between the truth and 1/2
-    assert h_hi - h_lo > 0.1, (h_lo, h_hi)  # measured 0.162, 0.145 (seeds 0, 1)
-    assert abs(h_lo - 0.3) < 0.18 and abs(h_hi - 0.7) < 0.18, (h_lo, h_hi)  # measured 0.086, 0.145 and 0.152, 0.110
+    assert h_hi - h_lo > 0.05, (h_lo, h_hi)  # ordering; measured 0.162, 0.145, 0.099
+    assert 0.5 < h_hi < 0.7 and 0.3 < h_lo < 0.56, (h_lo, h_hi)  # between the truth and (about) 1/2
+    assert abs(h_lo - 0.3) < 0.25 and abs(h_hi - 0.7) < 0.18, (h_lo, h_hi)  # measured 0.09-0.21 and 0.09-0.15
 
 
 def test_bad_hurst_and_times():
