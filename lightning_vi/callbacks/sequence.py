@@ -111,7 +111,7 @@ class SamplePathsPlot(_EveryNEpochs):
         paths = pl_module.sample_paths(self.n, t, torch.Generator().manual_seed(self.seed))[..., 0].cpu().numpy()
         fig, axes = _figure(1)
         axes[0][0].plot(t.cpu().numpy(), paths.T, lw=0.8)
-        axes[0][0].set_title(f"prior paths, H = {float(pl_module.hurst):.3f}", fontsize=8)
+        axes[0][0].set_title(f"prior paths, H = {float(pl_module.hurst.detach()):.3f}", fontsize=8)
         log_image(trainer, "media/sample_paths", figure_to_array(fig))
 
 

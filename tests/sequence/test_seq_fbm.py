@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
-from helpers import quiet_trainer
+from helpers import ROOT, quiet_trainer
+from lightning_vi.callbacks.sequence import SamplePathsPlot
 from lightning_vi.data.fbm import FBMDataModule, fbm_covariance, fbm_paths
 from lightning_vi.families.sequence.fbm_sde import (
     FBMSDE, approximation_error, ma_fbm_covariance, ma_fbm_log_likelihood, optimal_weights, ou_rates)
@@ -69,26 +76,34 @@ def test_hurst_index_learned_from_fbm_paths(true_h):
     assert abs(float(m.hurst.detach()) - true_h) < 0.06  # measured 0.334 (0.3) and 0.717 (0.7); K=5 bias
 
 
-@pytest.mark.parametrize("true_h", [0.3, 0.7])
-def test_hurst_index_learned_through_the_elbo(true_h):
-    """Training the whole model (torchsde, Girsanov KL) moves H from 0.5 to the correct side, biased to 0.5.
-
-    The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
-    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias.
-    """
-    L.seed_everything(0)
-    d = fbm_paths(64, 16, true_h, torch.Generator().manual_seed(1))
+def _elbo_hurst(true_h: float, seed: int = 0, steps: int = 100) -> float:
+    L.seed_everything(seed)
+    d = fbm_paths(64, 16, true_h, torch.Generator().manual_seed(seed + 1))
     m = FBMSDE(hurst=0.5, dt=1 / 16, gamma_max=16.0, hidden=32, context_dim=16, obs_std=0.02, lr=0.05)
     opt = torch.optim.Adam(m.parameters(), lr=m.hparams.lr)
-    for _ in range(100):
+    for _ in range(steps):
         out = m.objective(d)
         loss = out["recon"] + out["kl"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    h = float(m.hurst.detach())
-    print(f"fbm_sde Hurst through the ELBO: {h:.3f} (true {true_h})")
-    assert (h - 0.5) * (true_h - 0.5) > 0 and abs(h - true_h) < 0.2, h  # measured 0.412 (0.3), 0.555 (0.7)
+    return float(m.hurst.detach())
+
+
+def test_hurst_index_learned_through_the_elbo():
+    """Training the whole model (torchsde, Girsanov KL; 100 full-batch steps from H = 0.5) orders rough (H = 0.3)
+    and smooth (H = 0.7) paths, but the estimates are biased toward 1/2.
+
+    The amortised posterior control absorbs part of the paths' roughness, so the ELBO's optimum in H lies
+    between the truth and 1/2 (docs/sequence.md); the exact-evidence fit above has no such bias. Seeds 0, 1, 2:
+    H = 0.386, 0.445, 0.507 (true 0.3) and 0.548, 0.590, 0.606 (true 0.7): the rough estimate is not reliably
+    below 1/2 (seed 2), so the test asserts what holds on all three, with margin.
+    """
+    h_lo, h_hi = _elbo_hurst(0.3), _elbo_hurst(0.7)
+    print(f"fbm_sde Hurst through the ELBO: {h_lo:.3f} (true 0.3), {h_hi:.3f} (true 0.7)")
+    assert h_hi - h_lo > 0.05, (h_lo, h_hi)  # ordering; measured 0.162, 0.145, 0.099
+    assert 0.5 < h_hi < 0.7 and 0.3 < h_lo < 0.56, (h_lo, h_hi)  # between the truth and (about) 1/2
+    assert abs(h_lo - 0.3) < 0.25 and abs(h_hi - 0.7) < 0.18, (h_lo, h_hi)  # measured 0.09-0.21 and 0.09-0.15
 
 
 def test_bad_hurst_and_times():
@@ -125,3 +140,64 @@ def test_registered_trains_and_reloads(tmp_path):
     assert torch.allclose(m.weights(), m2.weights())
     assert torch.equal(m.encoder(x.new_zeros(2, 5, 3))[0], m2.encoder(x.new_zeros(2, 5, 3))[0])
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_imports_without_torchsde():
+    """torchsde is an optional extra: without it the package and this module import; the family says what to install."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["torchsde"] = None  # makes `import torchsde` raise ImportError
+        import torch
+        import lightning_vi.families.sequence  # what registry discovery imports
+        from lightning_vi.families.sequence import fbm_sde
+        from lightning_vi.registry import FAMILIES
+        assert FAMILIES.get("fbm_sde").requires == ("torchsde",)
+        assert fbm_sde.approximation_error(0.5, fbm_sde.ou_rates(2)) < 1e-10  # closed forms need no torchsde
+        for build in (lambda: fbm_sde.FBMSDE(), lambda: fbm_sde._torchsde()):
+            try:
+                build()
+            except ImportError as err:
+                print("MSG", err)
+            else:
+                raise SystemExit("no ImportError")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    msgs = [line[4:] for line in proc.stdout.splitlines() if line.startswith("MSG ")]
+    assert msgs == ["fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'"] * 2, proc.stdout
+
+
+class _NoiseRecorder(L.Callback):
+    """Draws from the global torch and NumPy RNGs at each training epoch's start (what the training noise sees)."""
+
+    def __init__(self) -> None:
+        self.draws: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.draws.append((float(torch.rand(1)), float(np.random.rand())))
+
+
+def test_sample_paths_plot_leaves_training_noise_alone(tmp_path):
+    """SamplePathsPlot samples with its own seeded generator every validation epoch; the global RNG state that
+    drives the training noise must carry on, not restart from the same state after each validation."""
+    L.seed_everything(0)
+    dm = FBMDataModule(n=20, length=8, batch_size=16)
+    m = FBMSDE(dt=0.125, gamma_max=8.0)
+    rec = _NoiseRecorder()
+    trainer = quiet_trainer(tmp_path, max_epochs=4, callbacks=[SamplePathsPlot(n=3), rec], limit_train_batches=1,
+                            limit_val_batches=1)
+    trainer.fit(m, dm)
+    assert len(rec.draws) == 4
+    torch_draws, np_draws = zip(*rec.draws)
+    assert len(set(torch_draws)) == 4 and len(set(np_draws)) == 4, rec.draws
+
+    t = dm.splits["val"]["t"][0]
+    state, np_state = torch.get_rng_state(), np.random.get_state()
+    a = m.sample_paths(3, t, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(np.array_equal(u, v) for u, v in zip(np.random.get_state()[1:], np_state[1:]))
+    assert torch.equal(a, m.sample_paths(3, t, torch.Generator().manual_seed(5)))  # the generator fixes the paths
+    assert not torch.equal(a, m.sample_paths(3, t, torch.Generator().manual_seed(6)))
+    SamplePathsPlot(n=3).on_validation_epoch_end(trainer, m)  # the callback itself
+    assert torch.equal(torch.get_rng_state(), state)

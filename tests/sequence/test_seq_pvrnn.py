@@ -45,15 +45,28 @@ def test_meta_prior_lowers_kl_monotonically(sweep):
 
 
 def test_error_regression_lowers_heldout_prediction_error(sweep):
+    """Error regression (Ahmadi & Tani Sec. 2.4) infers each unseen sequence's latents from its own observed steps.
+
+    Baselines, all with the frozen weights and 240 Adam steps: (a) the same sliding-window regression run on
+    another sequence's context (a per-sequence prediction that ignores this sequence's data); (b) posterior
+    inference on the whole context at once (no window). The window must beat (a) by far and lose little to (b).
+    Margins from training seeds 0, 1, 2; the prior rollout (same for every sequence) is printed for reference.
+    """
     models, _, test = sweep
     m, x = models[0.01], test["x"]
     assert m.hparams.er_stride == 1  # the default: the window slides one step at a time
+    other = torch.roll(torch.arange(len(x)), 1)  # row i gets the context of sequence i - 1 (a different phase)
     torch.manual_seed(0)
-    er = m.error_regression(x[:, :10], horizon=10, window=5, steps=40)
-    none = m.run(20, len(x))[0]
-    err_er, err_none = ((er - x)[:, 10:] ** 2).mean(), ((none - x)[:, 10:] ** 2).mean()
-    print(f"ER held-out prediction error {float(err_er):.4f} vs {float(err_none):.4f} without regression")
-    assert err_er < 0.3 * err_none, (float(err_er), float(err_none))
+    both = m.error_regression(torch.cat([x, x[other]])[:, :10], horizon=10, window=5, steps=40)  # 6 positions x 40
+    er, shuffled = both[: len(x)], both[len(x):]
+    full = m.error_regression(x[:, :10], horizon=10, window=10, steps=240)
+    prior = m.run(20, len(x))[0]
+    err = {k: float(((v - x)[:, 10:] ** 2).mean()) for k, v in
+           {"er": er, "shuffled": shuffled, "full": full, "prior": prior}.items()}
+    print("pvrnn held-out prediction MSE", {k: round(v, 4) for k, v in err.items()})
+    assert err["er"] < 0.2 * err["shuffled"], err  # measured 0.013 vs 0.37, 0.016 vs 0.39, 0.015 vs 0.37 (seeds 0, 1, 2)
+    assert err["er"] < 1.25 * err["full"], err  # measured ratio 1.03, 1.01, 0.99 (seeds 0, 1, 2)
+    assert err["er"] < 0.3 * err["prior"], err  # measured 0.013 vs 0.49
 
 
 def test_bad_input():

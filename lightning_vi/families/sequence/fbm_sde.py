@@ -23,6 +23,12 @@ Model: the augmented state ``(X, Y)`` is Markov. Prior ``dX = [b(X) - sigma sum_
 + sigma (sum_k omega_k) dW``; the posterior adds a control ``u(X, Y, context_t)`` to the BM, ``dW -> dW + u dt``,
 so by Girsanov ``KL = E int 1/2 |u|^2 dt`` (their Eq. 12) plus ``KL(q(X_0) || N(0, I))``. The SDE is integrated
 with ``torchsde.sdeint`` (general noise), the KL rate carried as an extra state coordinate.
+
+torchsde is an optional dependency (``pip install 'lightning-vi[sequence]'``): it is imported where the SDE is
+built and solved, so the rest of the package (and this module's closed-form helpers) import without it.
+Randomness: the Brownian motion's entropy and ``X_0`` are drawn from the torch RNG (the global one in
+training, a passed ``generator`` in ``sample_paths``); sampling never reseeds or advances a global RNG
+(torchsde's own default would draw its entropy from NumPy's global RNG).
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ import math
 from typing import Any, Union
 
 import torch
-import torchsde
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
@@ -41,6 +46,18 @@ from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
 from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
+
+
+TORCHSDE_MISSING = "fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'"
+
+
+def _torchsde() -> Any:
+    """Import torchsde at the point of use (an optional extra); a clear ImportError when it is missing."""
+    try:
+        import torchsde
+    except ImportError as err:  # also when sys.modules["torchsde"] is None
+        raise ImportError(TORCHSDE_MISSING) from err
+    return torchsde
 
 
 def check_hurst(hurst: float | Tensor) -> None:
@@ -243,6 +260,8 @@ class FBMSDE(VIModule):
         beta: weight of the KL term.
     """
 
+    requires = ("torchsde",)  # import names this family needs beyond the core install (the registry lists them)
+
     def __init__(
         self,
         data_dim: int = 1,
@@ -265,6 +284,7 @@ class FBMSDE(VIModule):
         lr: float = 1e-3,
         check_finite: bool = True,
     ) -> None:
+        _torchsde()  # fail at construction, not at the first training step
         super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
                          check_finite=check_finite)
         check_hurst(hurst)
@@ -327,13 +347,19 @@ class FBMSDE(VIModule):
             y0[..., 1:] = (eps @ chol.T.cpu()).float().to(self.device)
         return y0
 
-    def _integrate(self, x0: Tensor, ts: Tensor, controlled: bool) -> Tensor:
+    def _integrate(self, x0: Tensor, ts: Tensor, controlled: bool, generator: torch.Generator | None = None) -> Tensor:
+        """Euler-Maruyama solve of the augmented SDE; ``Y(0)`` and the BM entropy come from ``generator``
+        (``None``: the global torch RNG), so no global RNG is reseeded and NumPy's is never touched."""
+        torchsde = _torchsde()
         b = x0.shape[0]
-        y0 = self._initial_ou(b)
+        y0 = self._initial_ou(b, generator)
         s0 = torch.cat([x0, y0.flatten(1), torch.zeros(b, 1, device=x0.device)], -1)
         self._omega = self.weights().to(x0.device)
         self.sde.controlled = controlled
-        return torchsde.sdeint(self.sde, s0, ts, method="euler", dt=self.dt)  # [T, B, state]
+        entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        bm = torchsde.BrownianInterval(t0=ts[0], t1=ts[-1], size=(b, self.latent_dim), dtype=s0.dtype,
+                                       device=s0.device, entropy=entropy)
+        return torchsde.sdeint(self.sde, s0, ts, bm=bm, method="euler", dt=self.dt)  # [T, B, state]
 
     def _times(self, t: Tensor) -> tuple[Tensor, int]:
         grid = t[0]
@@ -372,12 +398,14 @@ class FBMSDE(VIModule):
 
     @torch.no_grad()
     def sample_paths(self, n: int, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` prior paths ``readout(X_t)`` [n, T, C] at the times ``t`` [T] (no control, X_0 ~ N(0, I))."""
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+        """``n`` prior paths ``readout(X_t)`` [n, T, C] at the times ``t`` [T] (no control, X_0 ~ N(0, I)).
+
+        With a CPU ``generator`` every draw (``X_0``, ``Y(0)``, the BM entropy) comes from it: the same
+        generator state gives the same paths, and the global RNGs are left as they were.
+        """
         ts, offset = self._times(t.to(self.device)[None])
-        x0 = torch.randn(n, self.latent_dim, device=self.device)
-        path = self._integrate(x0, ts, controlled=False)
+        x0 = torch.randn(n, self.latent_dim, generator=generator).to(self.device)
+        path = self._integrate(x0, ts, controlled=False, generator=generator)
         return self.readout(path[offset:, :, : self.latent_dim].transpose(0, 1))
 
     @torch.no_grad()

@@ -40,18 +40,24 @@ def koopman_lstsq(z: Tensor, mask: Tensor | None = None, ridge: float = 0.0) -> 
 
     ``mask`` [B, T] drops pairs whose ends are not both kept. ``ridge`` adds ``ridge * I`` to the normal
     equations (0 = plain pseudo-inverse solution).
+
+    The solve runs in float64 and returns ``A`` in ``z``'s dtype (fp32 for fp16/bf16 inputs). A float32 solve
+    has rounding errors of order ``cond(Z) * eps_32 * |A|`` (about 1e-6 here) that change with the input's
+    memory alignment and the BLAS thread count (their vectorised kernels sum in different orders), so the
+    same latents gave operators that differed by 1e-6 from call to call; in float64 that noise is below
+    float32 resolution and the result is reproducible.
     """
-    with torch.autocast(z.device.type, enabled=False):  # under bf16/fp16 autocast: solve in fp32
-        if z.dtype not in (torch.float32, torch.float64):
-            z = z.float()
+    with torch.autocast(z.device.type, enabled=False):  # under bf16/fp16 autocast too
+        out_dtype = z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32
+        z = z.float() if z.device.type == "mps" else z.double()  # MPS has no float64
         prev, nxt = z[:, :-1].reshape(-1, z.shape[-1]), z[:, 1:].reshape(-1, z.shape[-1])
         if mask is not None:
             keep = (mask[:, :-1] * mask[:, 1:]).reshape(-1, 1).to(z.dtype)
             prev, nxt = prev * keep, nxt * keep
         if ridge > 0:
             gram = prev.T @ prev + ridge * torch.eye(prev.shape[1], device=z.device, dtype=z.dtype)
-            return torch.linalg.solve(gram, prev.T @ nxt)
-        return torch.linalg.lstsq(prev, nxt).solution
+            return torch.linalg.solve(gram, prev.T @ nxt).to(out_dtype)
+        return torch.linalg.lstsq(prev, nxt).solution.to(out_dtype)
 
 
 def koopman_prediction_loss(z: Tensor, a: Tensor, mask: Tensor | None = None, scale: str = "none") -> Tensor:
