@@ -18,7 +18,7 @@ uniform ``h = 0`` for the first task); between two Bernoulli fields the KL per w
     KL(h || h') = m (h - h') - log cosh h + log cosh h',     m = tanh h.
 
 Per example the loss is ``nll_mean + kl_weight * KL_sum / N`` as in ``bnn`` (``first_task_kl_weight`` on
-the first task); the defaults are the ones measured on three permuted-digit tasks (tests/test_binary_vcl.py).
+the first task); the defaults are the ones measured on three permuted-digit tasks (tests/families/bayes/test_binary_vcl.py).
 ``consolidate()`` copies the posterior fields into the prior at the end of a task; :class:`~lightning_vi.callbacks.TaskSequence`
 does that and switches the data module to the next task every ``epochs_per_task`` epochs, and logs the
 accuracy on every seen task (``val/acc_task{k}``, ``val/acc_old_mean``, ``val/acc_seen_mean``).

@@ -94,7 +94,7 @@ def test_subfamilies_reuse_the_vae_and_cevae_adds_only_its_own_arguments():
 
 
 def test_python_parts_are_used_and_a_python_built_encoder_must_be_passed_again(tmp_path):
-    from tests.vae_family.custom_parts import TinyEncoder
+    from tests.families.vae.custom_parts import TinyEncoder
 
     torch.manual_seed(0)
     enc = TinyEncoder([1, 8, 8], 3)
@@ -111,7 +111,7 @@ def test_python_parts_are_used_and_a_python_built_encoder_must_be_passed_again(t
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
     trainer.strategy.connect(m)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
-    with pytest.raises(ValueError, match=r"encoder=tests.vae_family.custom_parts.TinyEncoder was built in Python.*"
+    with pytest.raises(ValueError, match=r"encoder=tests.families.vae.custom_parts.TinyEncoder was built in Python.*"
                                          r"load_from_checkpoint\(path, encoder=TinyEncoder\(\.\.\.\)\)"):
         VAE.load_from_checkpoint(tmp_path / "m.ckpt")
     again = VAE.load_from_checkpoint(tmp_path / "m.ckpt", encoder=TinyEncoder([1, 8, 8], 3))
@@ -131,7 +131,7 @@ def test_custom_encoder_by_class_path_trains_through_lvi_fit(tmp_path):
     cfg["model"]["init_args"] = {
         "input_shape": [1, 8, 8], "latent_dim": 3, "likelihood": {"class_path": "GaussianLikelihood",
                                                                  "init_args": {"obs_std": 0.4}},
-        "encoder": {"class_path": "tests.vae_family.custom_parts.TinyEncoder",
+        "encoder": {"class_path": "tests.families.vae.custom_parts.TinyEncoder",
                     "init_args": {"input_shape": [1, 8, 8], "latent_dim": 3, "width": 12}},
         "objective": {"class_path": "lightning_vi.core.objectives.VariationalObjective",
                       "init_args": {"objective": "iwae", "num_samples": 3}},
