@@ -175,13 +175,13 @@ def install_hint(modules: list[str]) -> str:
     return f"pip install 'lightning-vi[{','.join(extras)}]'" if extras else f"pip install {' '.join(modules)}"
 
 
-def require(module: str, user: str) -> Any:
+def require(module: str, user: str, message: str | None = None) -> Any:
     """Import an optional dependency where it is used; a missing one raises an ImportError that names
     the user and the install command, e.g. ``fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'``."""
     try:
         return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"{user} needs {module}: {install_hint([module])} ({err})") from None
+    except ImportError as err:  # also when sys.modules[module] is None
+        raise ImportError(message or f"{user} needs {module}: {install_hint([module])}") from err
 
 
 def _qualname(obj: Any) -> str:

@@ -45,19 +45,15 @@ from lightning_vi.core.distributions import gaussian_kl_per_dim
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
 from lightning_vi.plugins.base import Plugin
-from lightning_vi.registry import FAMILIES
+from lightning_vi.registry import FAMILIES, require
 
 
 TORCHSDE_MISSING = "fbm_sde needs torchsde: pip install 'lightning-vi[sequence]'"
 
 
 def _torchsde() -> Any:
-    """Import torchsde at the point of use (an optional extra); a clear ImportError when it is missing."""
-    try:
-        import torchsde
-    except ImportError as err:  # also when sys.modules["torchsde"] is None
-        raise ImportError(TORCHSDE_MISSING) from err
-    return torchsde
+    """Import torchsde at the point of use; a clear ImportError (:data:`TORCHSDE_MISSING`) when it is missing."""
+    return require("torchsde", "fbm_sde", message=TORCHSDE_MISSING)
 
 
 def check_hurst(hurst: float | Tensor) -> None:
