@@ -18,7 +18,7 @@ from lightning_vi.callbacks.wandb_run import RUN_ID_KEY, WandbRunRecord, summary
 from lightning_vi.cli import main
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-TINY = ["--config", QUICKSTART, "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+TINY = ["--config", QUICKSTART, "--smoke", "false", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 NO_MEDIA = ["--trainer.callbacks", "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
             "{dirpath: outputs/quickstart/checkpoints, monitor: val/loss, save_last: true}}]"]
