@@ -41,7 +41,7 @@ MODELS = {
                                            hidden_dims=[256, 256], likelihood="bernoulli", lr=1e-3),
                  description="MLP VAE 64-256-256-16, Bernoulli, digits 8x8"),
     "conv": dict(image_size=16, kwargs=dict(input_shape=[1, 16, 16], latent_dim=8, architecture="conv",
-                                            conv_channels=[32, 64], likelihood="bernoulli", lr=2e-3),
+                                            channels=[32, 64], likelihood="bernoulli", lr=2e-3),
                  description="VAE conv [32, 64], latent 8, Bernoulli, digits 16x16 (the quickstart)"),
 }
 TARGETS = {"tiny": 1.3, "conv": 1.05}
@@ -67,6 +67,11 @@ class EpochTimer(L.Callback):
         self.times.append(CLOCK() - self._t)
 
 
+def weighted_loss(net: VAE, out: dict) -> torch.Tensor:
+    """The family's loss (its term weights, e.g. recon + kl_weight * kl), written out as a user's loop would."""
+    return sum(w * out[k] for k, w in net.term_weights.items() if w != 0)
+
+
 class Bare(L.LightningModule):
     """The same network and loss with nothing of ours around it: Lightning's own per-step cost."""
 
@@ -75,8 +80,7 @@ class Bare(L.LightningModule):
         self.vae = vae
 
     def training_step(self, batch, batch_idx):
-        out = self.vae.objective(batch)
-        return out["recon"] + self.vae.beta * out["kl"]
+        return weighted_loss(self.vae, self.vae.objective(batch))
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.vae.hparams.lr)
@@ -110,8 +114,7 @@ def plain_epochs(model: str, dm, epochs: int, device: str, precision: str) -> li
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast:
-                out = net.objective(batch)
-                loss = out["recon"] + net.beta * out["kl"]
+                loss = weighted_loss(net, net.objective(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

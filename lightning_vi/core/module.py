@@ -288,18 +288,30 @@ class VIModule(L.LightningModule):
 
     def _accumulate_train_terms(self, terms: dict[str, Tensor], batch_size: int) -> None:
         """Training terms: ``train/<k>`` every ``log_every_n_steps`` steps, ``train/<k>_epoch`` (sample-weighted
-        mean) at epoch end. Accumulating with tensor adds instead of calling ``self.log`` per term per step
-        keeps the framework's per-step cost near that of a plain loop (benchmarks/overhead.py)."""
-        keys = tuple(terms)  # one stacked running sum per set of term names: two tensor ops a step
-        values = torch.stack([v.detach().to(self.device, torch.float32) for v in terms.values()]) * batch_size
+        mean) at epoch end. A step only adds to one stacked running sum (two tensor ops); the values reach
+        the loggers, ``trainer.callback_metrics`` and the progress bar without ``self.log``, whose per-call
+        bookkeeping costs about a millisecond (benchmarks/overhead.py)."""
+        keys = tuple(terms)  # one stacked running sum per set of term names
+        values = torch.stack([v.detach().to(self.device, torch.float32) for v in terms.values()])
         total, count = self._train_sums.get(keys, (0.0, 0))
-        self._train_sums[keys] = (values + total, count + batch_size)
+        self._train_sums[keys] = (values * batch_size + total, count + batch_size)
         trainer = self._trainer
-        every = trainer.log_every_n_steps if trainer is not None else 1
-        if trainer is None or (trainer.global_step + 1) % max(every, 1) == 0 or trainer.global_step == 0:
-            for k, v in terms.items():
-                self.log(f"train/{k}", v.detach(), on_step=True, on_epoch=False, batch_size=batch_size,
-                         prog_bar=(k == "loss"))
+        if trainer is None:
+            return
+        every = max(trainer.log_every_n_steps, 1)
+        if (trainer.global_step + 1) % every == 0 or trainer.global_step == 0:
+            self._publish({f"train/{k}": v for k, v in zip(keys, values)}, prog_bar=("train/loss",))
+
+    def _publish(self, metrics: dict[str, Tensor], prog_bar: tuple[str, ...] = ()) -> None:
+        """Hand already-reduced scalars to the loggers (at the trainer's logging step), to
+        ``trainer.callback_metrics`` (checkpoint and early-stopping monitors), ``trainer.logged_metrics`` and
+        the progress bar: what ``self.log`` does, without its per-call cost."""
+        trainer = self.trainer
+        trainer.callback_metrics.update(metrics)
+        trainer.logged_metrics.update(metrics)
+        trainer.progress_bar_metrics.update({k: float(v) for k, v in metrics.items() if k in prog_bar})
+        if trainer.loggers and not trainer.sanity_checking:
+            trainer._logger_connector.log_metrics(dict(metrics))  # Lightning's own path: step and epoch keys
 
     def on_train_epoch_start(self) -> None:
         self._train_sums = {}
@@ -311,9 +323,15 @@ class VIModule(L.LightningModule):
             for k, v in zip(keys, total):
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + count
-        for k, v in sums.items():
-            self.log(f"train/{k}_epoch", v / counts[k], on_step=False, on_epoch=True, sync_dist=True)
         self._train_sums = {}
+        if not sums or self._trainer is None:
+            return
+        names = list(sums)
+        stacked = torch.stack([torch.as_tensor(sums[k], device=self.device) for k in names]
+                              + [torch.tensor(float(counts[k]), device=self.device) for k in names])
+        stacked = self.trainer.strategy.reduce(stacked, reduce_op="sum")  # one collective for every term (DDP)
+        n = len(names)
+        self._publish({f"train/{k}_epoch": stacked[i] / stacked[n + i] for i, k in enumerate(names)})
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Logged on the epoch's last batch, so callbacks see train/<k>_epoch in their on_train_epoch_end.
