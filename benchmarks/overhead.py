@@ -41,7 +41,7 @@ MODELS = {
                                            hidden_dims=[256, 256], likelihood="bernoulli", lr=1e-3),
                  description="MLP VAE 64-256-256-16, Bernoulli, digits 8x8"),
     "conv": dict(image_size=16, kwargs=dict(input_shape=[1, 16, 16], latent_dim=8, architecture="conv",
-                                            conv_channels=[32, 64], likelihood="bernoulli", lr=2e-3),
+                                            channels=[32, 64], likelihood="bernoulli", lr=2e-3),
                  description="VAE conv [32, 64], latent 8, Bernoulli, digits 16x16 (the quickstart)"),
 }
 TARGETS = {"tiny": 1.3, "conv": 1.05}

@@ -49,7 +49,7 @@ def build(kind: str, plugins: list[Any] | None, size: int) -> torch.nn.Module:
     if kind == "classifier":
         return Classifier(input_shape=[1, size, size], backbone="conv", channels=[32, 64], feature_dim=128,
                           dropout=0.2, plugins=plugins)
-    return VAE(input_shape=[1, size, size], architecture="conv", conv_channels=[32, 64], likelihood="bernoulli",
+    return VAE(input_shape=[1, size, size], architecture="conv", channels=[32, 64], likelihood="bernoulli",
                plugins=plugins)
 
 
