@@ -46,8 +46,8 @@ print('density', float(ssvi.density()), classification_metrics(ssvi.predict_prob
 from lightning_vi.families.bottleneck import VIB
 for beta in (1e-4, 1e-1):
     L.seed_everything(0)
-    m = fit(VIB(beta=beta, hidden_dims=[32], latent_dim=8), tr, steps=30)
-    print('beta', beta, 'rate', float(m.objective(tr)['rate']))
+    m = fit(VIB(kl_weight=beta, hidden_dims=[32], latent_dim=8), tr, steps=30)
+    print('kl_weight', beta, 'rate', float(m.objective(tr)['rate']))
 """),
     ("code", """
 from lightning_vi.families.bottleneck.cs_divergence import cs_divergence, gaussian_cs_divergence

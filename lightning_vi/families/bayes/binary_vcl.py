@@ -27,18 +27,16 @@ accuracy on every seen task (``val/acc_task{k}``, ``val/acc_old_mean``, ``val/ac
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.bayes._common import BayesClassifierMixin
 from lightning_vi.nn.mlp import activation as make_activation
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -117,16 +115,23 @@ class BinaryVCL(BayesClassifierMixin, VIModule):
     """Binary-weight MLP classifier learned in field space; each task's posterior is the next task's prior.
 
     Args:
-        input_shape: shape of one example, e.g. ``[1, 8, 8]``. num_classes: number of labels.
-        hidden_dims: hidden widths. activation: hidden non-linearity (``relu``, ``tanh``, ...).
-        init_field_std: std of the initial fields (0 = all weights uniform). logit_scale: multiplies the
-            output pre-activation (an O(1) quantity by the 1/sqrt(n) scaling) to give the logits.
-        num_samples: pre-activation samples per training step. num_eval_samples: for prediction.
+        input_shape: shape of one example, e.g. ``[1, 8, 8]``.
+        num_classes: number of labels.
+        hidden_dims: hidden widths.
+        activation: hidden non-linearity (``relu``, ``tanh``, ...).
+        init_field_std: std of the initial fields (0 = all weights uniform).
+        logit_scale: multiplies the output pre-activation (an O(1) quantity by the 1/sqrt(n) scaling) to give
+            the logits.
+        num_samples: pre-activation samples per training step.
+        num_eval_samples: MC samples of the predictive.
         kl_weight: multiplies ``KL(q_t || q_{t-1}) / dataset_size`` once a task has been consolidated
             (1 = the free energy; >1 a colder posterior that holds old tasks more firmly).
         first_task_kl_weight: the same for the first task, whose prior is uniform (``None``: ``kl_weight``).
             Small but non-zero keeps the weights the first task does not need uncertain, hence plastic.
         dataset_size: N (default: from the data module).
+        lr: learning rate of the default optimizer (this family's default is higher than ``VIModule``'s).
+        **kwargs: the other shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -142,14 +147,10 @@ class BinaryVCL(BayesClassifierMixin, VIModule):
         kl_weight: float = 2.0,
         first_task_kl_weight: float | None = 0.1,
         dataset_size: int | None = None,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
         lr: float = 3e-2,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(lr=lr, **kwargs)
         check_range("num_classes", num_classes, 2)
         check_range("logit_scale", logit_scale, 0.0, low_open=True)
         check_range("num_samples", num_samples, 1)

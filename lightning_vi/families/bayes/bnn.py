@@ -9,9 +9,8 @@ uses ``num_samples`` local-reparameterization samples (Kingma et al. 2015, Eq. 6
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Optional
 
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
@@ -19,7 +18,6 @@ from lightning_vi.core.module import VIModule
 from lightning_vi.families.bayes._common import BayesClassifierMixin
 from lightning_vi.families.bayes.layers import BayesConv2d, BayesLinear, kl_divergence
 from lightning_vi.nn.mlp import activation
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -49,11 +47,20 @@ class BNN(BayesClassifierMixin, VIModule):
     """Mean-field Gaussian BNN classifier (MLP or conv) trained by Bayes by Backprop.
 
     Args:
-        input_shape: shape of one example, e.g. ``[1, 8, 8]``. num_classes: number of labels.
-        architecture: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (stride-2 convs with ``conv_channels``).
-        prior_std: std of the zero-mean Gaussian prior (> 0). init_std: initial posterior std.
-        num_samples: MC samples of the expected log-likelihood per step. num_eval_samples: for prediction.
-        kl_weight: multiplies ``KL / dataset_size`` (1 = the ELBO). dataset_size: N (default: from data).
+        input_shape: shape of one example, e.g. ``[1, 8, 8]``.
+        num_classes: number of labels.
+        architecture: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (stride-2 convs with ``channels``).
+        hidden_dims: MLP hidden widths.
+        channels: channels of the stride-2 conv blocks (``architecture="conv"``).
+        prior_std: std of the zero-mean Gaussian prior (> 0).
+        init_std: initial posterior std.
+        num_samples: MC samples of the expected log-likelihood per step.
+        num_eval_samples: MC samples of the predictive.
+        kl_weight: multiplies ``KL / dataset_size`` (1 = the ELBO).
+        dataset_size: N (default: from the data module).
+        conv_channels: deprecated name of ``channels``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -62,21 +69,18 @@ class BNN(BayesClassifierMixin, VIModule):
         num_classes: int = 10,
         architecture: str = "mlp",
         hidden_dims: list[int] = (128,),
-        conv_channels: list[int] = (16, 32),
+        channels: list[int] = (16, 32),
         prior_std: float = 1.0,
         init_std: float = 1e-3,
         num_samples: int = 1,
         num_eval_samples: int = 16,
         kl_weight: float = 1.0,
         dataset_size: int | None = None,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        conv_channels: Optional[list[int]] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        channels = self.rename_argument("conv_channels", conv_channels, "channels", channels, (16, 32))
         check_range("prior_std", prior_std, 0.0, low_open=True)
         check_range("init_std", init_std, 0.0, low_open=True)
         check_choice("architecture", architecture, ("mlp", "conv"))
@@ -88,10 +92,11 @@ class BNN(BayesClassifierMixin, VIModule):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_samples, self.num_eval_samples = num_samples, num_eval_samples
         self.kl_weight, self.dataset_size = kl_weight, dataset_size
+        self.prior_std, self.init_std = prior_std, init_std
         if architecture == "mlp":
             self.net = bayes_mlp(math.prod(self.input_shape), list(hidden_dims), num_classes, prior_std, init_std)
         else:
-            self.net = bayes_convnet(self.input_shape, list(conv_channels), num_classes, prior_std, init_std)
+            self.net = bayes_convnet(self.input_shape, list(channels), num_classes, prior_std, init_std)
         self.term_weights = {"nll": 1.0, "kl": 0.0}
         self._set_kl_scale()
         self.build_metrics()

@@ -34,17 +34,15 @@ number of episodes the global KL is amortised over (the paper's sum over many/in
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.module import VIModule
 from lightning_vi.nn.backbones import build_backbone
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -118,12 +116,17 @@ class NIWFewShot(VIModule):
     ``x`` (query) and ``y`` (query labels), labels in ``0..n_way-1``.
 
     Args:
-        input_shape: shape of one example. backbone: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (``channels``),
-            see ``lightning_vi.nn.backbones``; feature_dim: its output width ``d``.
+        input_shape: shape of one example.
+        backbone: ``"mlp"`` (``hidden_dims``) or ``"conv"`` (``channels``), see ``lightning_vi.nn.backbones``.
+        hidden_dims: MLP hidden widths.
+        channels: conv stage widths.
+        feature_dim: output width ``d`` of the backbone.
         num_samples: draws of ``theta`` for the expected query log-likelihood (training).
         kl_weight: weight of the support term and local KL (1 = the ELBO).
         num_episodes: number of episodes the global KL is spread over.
         prior_scale: ``p(phi) = NIW(0, 1, prior_scale * I, d + 2)`` (> 0).
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -137,14 +140,9 @@ class NIWFewShot(VIModule):
         kl_weight: float = 1.0,
         num_episodes: int = 10_000,
         prior_scale: float = 1.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
         check_range("feature_dim", feature_dim, 1)
         check_range("num_samples", num_samples, 1)
         check_range("kl_weight", kl_weight, 0.0)

@@ -7,69 +7,56 @@ from random initialisation to the end of training. Every ``update_every`` optimi
 is updated by *removal and addition* (Sec. 4.2): the ``swap_fraction`` of active weights with the lowest
 score are removed (``removal="snr"``: ``|mu| / sigma``, the weight-distribution criterion of Eq. 8;
 ``"mu"``: ``|mu|``) and the same number of inactive weights are added (uniformly at random, with
-``mu = 0`` and the initial ``sigma``), so the density never changes. Objective as in ``bnn``;
+``mu = 0`` and the initial ``sigma``), so the density never changes. Objective and the other arguments as in ``bnn``;
 ``density`` is logged at every step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.families.bayes.bnn import BNN
 from lightning_vi.families.bayes.layers import _inv_softplus, bayes_layers
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
 @FAMILIES.register("ssvi")
 class SSVI(BNN):
-    """Sparse BNN kept at ``density`` throughout training (arguments of ``bnn`` plus the ones below).
+    """Sparse BNN kept at ``density`` throughout training.
 
     Args:
-        density: fraction of weights in the subspace, in (0, 1]. update_every: steps between basis updates.
-        swap_fraction: fraction of active weights replaced per update, in [0, 1). removal: ``"snr"`` or ``"mu"``.
+        density: fraction of weights in the subspace, in (0, 1].
+        update_every: optimisation steps between basis updates.
+        swap_fraction: fraction of active weights replaced per update, in [0, 1).
+        removal: score of the removed weights, ``"snr"`` (``|mu| / sigma``) or ``"mu"`` (``|mu|``).
+        **kwargs: the arguments of ``bnn`` (:class:`BNN`: ``input_shape``, ``num_classes``, ``architecture``,
+            ``hidden_dims``, ``channels``, ``prior_std``, ``init_std``, ``num_samples``, ``num_eval_samples``,
+            ``kl_weight``, ``dataset_size``) and the shared ``VIModule`` arguments (``plugins``, ``optimizer``,
+            ``lr_scheduler``, ``lr``, ``check_finite``).
     """
 
     def __init__(
         self,
-        input_shape: list[int] = (1, 8, 8),
-        num_classes: int = 10,
-        architecture: str = "mlp",
-        hidden_dims: list[int] = (128,),
-        conv_channels: list[int] = (16, 32),
-        prior_std: float = 1.0,
-        init_std: float = 1e-3,
-        num_samples: int = 1,
-        num_eval_samples: int = 16,
-        kl_weight: float = 1.0,
-        dataset_size: int | None = None,
         density: float = 0.2,
         update_every: int = 20,
         swap_fraction: float = 0.1,
         removal: str = "snr",
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         check_range("density", density, 0.0, 1.0, low_open=True)
         check_range("update_every", update_every, 1)
         check_range("swap_fraction", swap_fraction, 0.0, 1.0, high_open=True)
         check_choice("removal", removal, ("snr", "mu"))
-        super().__init__(input_shape, num_classes, architecture, hidden_dims, conv_channels, prior_std, init_std,
-                         num_samples, num_eval_samples, kl_weight, dataset_size, plugins, optimizer, lr_scheduler,
-                         lr, check_finite)
+        super().__init__(**kwargs)
         self.save_hyperparameters()
         self.density_target, self.update_every, self.swap_fraction, self.removal = density, update_every, \
             swap_fraction, removal
-        self._init_rho = _inv_softplus(init_std)
+        self._init_rho = _inv_softplus(self.init_std)
         self.register_buffer("_steps", torch.zeros((), dtype=torch.long))
         for layer in bayes_layers(self.net):
             n = layer.weight_mu.numel()

@@ -13,17 +13,15 @@ approximation and no Gaussian likelihood). ``mse_weight`` optionally adds a mean
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.bottleneck.cs_divergence import conditional_cs_divergence, cs_mutual_information
 from lightning_vi.nn import MLP
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -32,10 +30,19 @@ class CSIB(VIModule):
     """CS-IB regressor with kernel CS-divergence terms.
 
     Args:
-        input_dim: features of ``x``. output_dim: targets of ``y``. hidden_dims: encoder widths.
-        latent_dim: size of ``t``. beta: weight of ``I_CS(x; t)`` (>= 0).
-        sigma_x, sigma_t, sigma_y: kernel bandwidths (> 0). noise_std: Gaussian noise added to ``t`` in training.
+        input_dim: features of ``x``.
+        output_dim: targets of ``y``.
+        hidden_dims: encoder widths.
+        latent_dim: size of ``t``.
+        beta: weight of the compression term ``I_CS(x; t)`` (>= 0): a Cauchy-Schwarz divergence, not a KL, so
+            it keeps the paper's name (docs/concepts.md).
+        sigma_x: kernel bandwidth of ``x`` (> 0).
+        sigma_t: kernel bandwidth of ``t`` (> 0).
+        sigma_y: kernel bandwidth of ``y`` (> 0).
+        noise_std: Gaussian noise added to ``t`` in training.
         mse_weight: optional MSE term weight.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -50,14 +57,9 @@ class CSIB(VIModule):
         sigma_y: float = 0.5,
         noise_std: float = 0.1,
         mse_weight: float = 0.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
         check_range("beta", beta, 0.0)
         for name, v in (("sigma_x", sigma_x), ("sigma_t", sigma_t), ("sigma_y", sigma_y)):
             check_range(name, v, 0.0, low_open=True)

@@ -12,7 +12,7 @@ form a positive pair and other examples in the batch are negatives (InfoNCE on c
 temperature ``tau``, Sec. 3.3); each network is pulled towards the other's *detached* representation, so
 ``contrastive = nce(h_pruned, sg(h_orig)) + nce(sg(h_pruned), h_orig)``. Loss::
 
-    ce_pruned + ce_original + beta * compression / num_units + gamma * contrastive
+    ce_pruned + ce_original + kl_weight * compression / num_units + gamma * contrastive
 
 Prediction uses the pruned network with mask means, units with ``log(mu^2/sigma^2) < prune_threshold``
 set to zero (the self-pruned network).
@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.metrics_mixin import PredictiveMetricsMixin
 from lightning_vi.core.module import VIModule
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -64,11 +62,18 @@ class CVIB(PredictiveMetricsMixin, VIModule):
     """CVIB classifier: self-pruned VIB network + contrastive loss against the original network.
 
     Args:
-        input_shape, num_classes, hidden_dims: the MLP encoder (its last width is the representation).
-        beta: weight of the per-unit compression KL (>= 0). gamma: weight of the contrastive loss (>= 0).
-        tau: InfoNCE temperature (> 0). prune_threshold: ``log alpha`` below which a unit is pruned.
+        input_shape: shape of one example.
+        num_classes: number of labels.
+        hidden_dims: widths of the MLP encoder (its last width is the representation).
+        kl_weight: weight of the per-unit compression KL (>= 0; the paper's beta, divided by the number of units).
+        gamma: weight of the contrastive loss (>= 0).
+        tau: InfoNCE temperature (> 0).
+        prune_threshold: ``log alpha`` below which a unit is pruned.
         prune_input: also mask (and so prune) input features, not only hidden units.
         shared_weights: the pruned network reuses the original network's layers and head (False: copies).
+        beta: deprecated name of ``kl_weight``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -76,21 +81,18 @@ class CVIB(PredictiveMetricsMixin, VIModule):
         input_shape: list[int] = (1, 8, 8),
         num_classes: int = 10,
         hidden_dims: list[int] = (128, 64),
-        beta: float = 1e-2,
+        kl_weight: float = 1e-2,
         gamma: float = 0.5,
         tau: float = 0.5,
         prune_threshold: float = 0.0,
         prune_input: bool = True,
         shared_weights: bool = False,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        beta: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
-        check_range("beta", beta, 0.0)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 1e-2)
+        check_range("kl_weight", kl_weight, 0.0)
         check_range("gamma", gamma, 0.0)
         check_range("tau", tau, 0.0, low_open=True)
         self.save_hyperparameters()
@@ -105,9 +107,9 @@ class CVIB(PredictiveMetricsMixin, VIModule):
         # the original network: the same modules, or an identically initialised copy
         self.orig_layers = self.layers if shared_weights else copy.deepcopy(self.layers)
         self.orig_head = self.head if shared_weights else copy.deepcopy(self.head)
-        self.beta, self.gamma, self.tau, self.prune_threshold = beta, gamma, tau, prune_threshold
+        self.kl_weight, self.gamma, self.tau, self.prune_threshold = kl_weight, gamma, tau, prune_threshold
         self.num_units = sum(mask_dims)
-        self.term_weights = {"ce": 1.0, "ce_original": 1.0, "compression": beta / self.num_units,
+        self.term_weights = {"ce": 1.0, "ce_original": 1.0, "compression": kl_weight / self.num_units,
                              "contrastive": gamma}
         self.build_metrics()
 

@@ -15,11 +15,10 @@ Plugin targets: ``self.backbone`` (produces ``[B, feature_dim]`` features), ``se
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
@@ -28,7 +27,6 @@ from lightning_vi.core.metrics_mixin import StageMetricsMixin
 from lightning_vi.core.module import VIModule
 from lightning_vi.metrics.calibration import classification_collection
 from lightning_vi.nn.backbones import BACKBONES, build_backbone
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -46,9 +44,12 @@ class Classifier(StageMetricsMixin, VIModule):
         num_classes: number of classes C.
         backbone: ``"mlp"``, ``"conv"`` or ``"resnet"``.
         feature_dim: width of the feature layer handed to the head.
-        hidden_dims: MLP hidden widths. channels: conv/resnet stage widths.
+        hidden_dims: MLP hidden widths.
+        channels: conv/resnet stage widths.
         dropout: dropout probability before the head (0 = off).
         label_smoothing: epsilon of label smoothing for hard labels.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -61,14 +62,9 @@ class Classifier(StageMetricsMixin, VIModule):
         channels: list[int] = (32, 64),
         dropout: float = 0.0,
         label_smoothing: float = 0.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
         check_choice("backbone", backbone, BACKBONES)
         check_range("num_classes", num_classes, 2)
         check_range("feature_dim", feature_dim, 1)

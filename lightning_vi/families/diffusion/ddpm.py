@@ -16,7 +16,6 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
@@ -89,16 +88,30 @@ class DDPM(EMANetwork, VIModule):
 
     Args:
         input_shape: shape of one example (``[2]`` for toys, ``[1, 8, 8]`` for digits).
-        architecture: ``mlp`` or ``unet``. hidden, depth: MLP size. channels: UNet widths per level.
+        architecture: ``mlp`` or ``unet``.
+        hidden: MLP width.
+        depth: MLP depth.
+        channels: UNet widths per level.
         num_classes: 0 = unconditional; K > 0 = class-conditional on ``batch["y"]`` (null token K).
         p_uncond: probability of dropping the label in training (classifier-free guidance).
-        num_train_timesteps, beta_schedule, beta_start, beta_end, prediction_type: see ``schedules``.
+        num_train_timesteps: diffusion steps T (see ``schedules``).
+        beta_schedule: noise schedule ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2`` (see ``schedules``).
+        beta_start: first noise variance of the schedule.
+        beta_end: last noise variance of the schedule.
+        prediction_type: what the network predicts, ``epsilon``, ``v`` or ``x0``.
         ema_decay: deprecated; use ``plugins: [{class_path: ema, init_args: {decay: 0.999}}]`` (the EMA
             copy is used for sampling and validation).
-        sampler: ``ddpm`` or ``ddim``; sample_steps: reverse steps; eta, timestep_spacing: DDIM.
+        sampler: ``ddpm`` or ``ddim``.
+        sample_steps: reverse steps.
+        eta: DDIM stochasticity (0 = deterministic).
+        timestep_spacing: DDIM timestep spacing, ``leading``, ``trailing`` or ``linspace``.
         guidance_scale: classifier-free guidance weight at sampling (1 = plain conditional).
-        data_scale, data_shift: the model works on ``(x - shift) / scale`` (e.g. 0.5, 0.5 maps
-            [0, 1] images to [-1, 1]); samples are mapped back.
+        data_scale: the model works on ``(x - data_shift) / data_scale`` (0.5 with shift 0.5 maps [0, 1]
+            images to [-1, 1]); samples are mapped back.
+        data_shift: see ``data_scale``.
+        plugins: plugins of ``VIModule`` (an ``ema`` plugin is added when ``ema_decay`` is given).
+        **kwargs: the other shared ``VIModule`` arguments (``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     cond_channels = 0
@@ -126,13 +139,10 @@ class DDPM(EMANetwork, VIModule):
         data_scale: float = 1.0,
         data_shift: float = 0.0,
         plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         specs = plugins_with_ema(plugins, ema_decay, type(self).__name__)
-        super().__init__(plugins=specs, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        super().__init__(plugins=specs, **kwargs)
         check_range("num_classes", num_classes, 0)
         check_choice("sampler", sampler, SAMPLERS)
         check_choice("timestep_spacing", timestep_spacing, SPACINGS)

@@ -22,7 +22,6 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lightning_vi.core.checks import check_choice, check_range
@@ -65,14 +64,27 @@ class FlowMatching(EMANetwork, VIModule):
     """Conditional flow matching, noise-to-data or source-to-target (CrossFlow).
 
     Args:
-        input_shape: shape of one target example. architecture/hidden/depth/channels: velocity net.
-        mode: ``noise`` or ``cross``. source_key: batch key of the source (cross mode).
-        source_encoder: ``variational`` or ``identity``. source_dim: size of the flattened source
-            (or number of classes when the source is integer labels). encoder_hidden: encoder widths.
-        kl_weight: weight of the encoder's KL. p_uncond: CFG indicator dropout.
-        num_classes: class labels for noise mode (0 = none). guidance_scale, solver, sample_steps.
+        input_shape: shape of one target example.
+        architecture: velocity net, ``mlp`` or ``unet``.
+        hidden: MLP width of the velocity net.
+        depth: MLP depth of the velocity net.
+        channels: UNet widths per level of the velocity net.
+        mode: ``noise`` or ``cross``.
+        source_key: batch key of the source (cross mode).
+        source_encoder: ``variational`` or ``identity``.
+        source_dim: size of the flattened source (or number of classes when the source is integer labels).
+        encoder_hidden: encoder widths.
+        kl_weight: weight of the encoder's KL.
+        num_classes: class labels for noise mode (0 = none).
+        p_uncond: CFG indicator dropout.
+        guidance_scale: classifier-free guidance weight at sampling.
+        solver: ODE solver of sampling, ``euler`` or ``midpoint``.
+        sample_steps: solver steps.
         ema_decay: deprecated; use ``plugins: [{class_path: ema, init_args: {decay: 0.999}}]`` (EMA of
             the velocity net, used for sampling and validation).
+        plugins: plugins of ``VIModule`` (an ``ema`` plugin is added when ``ema_decay`` is given).
+        **kwargs: the other shared ``VIModule`` arguments (``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -95,13 +107,10 @@ class FlowMatching(EMANetwork, VIModule):
         sample_steps: int = 50,
         ema_decay: float | None = None,
         plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         specs = plugins_with_ema(plugins, ema_decay, type(self).__name__)
-        super().__init__(plugins=specs, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        super().__init__(plugins=specs, **kwargs)
         check_choice("mode", mode, ("noise", "cross"))
         check_choice("source_encoder", source_encoder, ("variational", "identity"))
         check_choice("solver", solver, SOLVERS)

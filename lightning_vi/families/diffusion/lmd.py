@@ -13,10 +13,9 @@ with ``s = step / total_steps`` in [0, 1]. Loss: MSE on the masked latent coordi
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
@@ -24,7 +23,6 @@ from lightning_vi.core.module import VIModule
 from lightning_vi.families.diffusion.latent_diffusion import producer_vae
 from lightning_vi.families.diffusion.producer import FrozenProducers
 from lightning_vi.nn import MLP
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 MASK_SCHEDULERS = ("linear", "cosine", "piecewise")
@@ -57,22 +55,27 @@ class LMD(FrozenProducers, VIModule):
     Args:
         vae_checkpoint: trained ``vae`` path, read at the first build; latent_dim and input_shape must
             match it. The VAE is then a frozen submodule, saved in this model's checkpoints.
-        vae_config: written at the first build (see :class:`LatentDiffusion`); leave it unset.
-        mask_scheduler: ``linear``/``cosine``/``piecewise``; mask_start, mask_end: r0, r1;
-        num_stages: piecewise levels; total_steps: steps over which the schedule runs.
+        latent_dim: latent size of the VAE (checked).
+        input_shape: image shape of the VAE (checked).
+        mask_scheduler: ``linear``/``cosine``/``piecewise``.
+        mask_start: masking ratio r0 at the start of the schedule.
+        mask_end: masking ratio r1 at its end.
+        num_stages: piecewise levels.
+        total_steps: steps over which the schedule runs.
         hidden_dims: widths of the latent reconstruction MLP.
+        vae_config: written at the first build (see :class:`LatentDiffusion`); leave it unset.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     producers = ("vae",)
 
     def __init__(self, vae_checkpoint: str = "", latent_dim: int = 8, input_shape: list[int] = (1, 8, 8),
                  mask_scheduler: str = "linear", mask_start: float = 0.1, mask_end: float = 0.75, num_stages: int = 4,
-                 total_steps: int = 1000, hidden_dims: list[int] = (256, 256),
-                 plugins: list[Union[Plugin, str, dict]] | None = None, optimizer: OptimizerCallable | None = None,
-                 lr_scheduler: LRSchedulerCallable | None = None, lr: float = 1e-3, check_finite: bool = True,
-                 vae_config: dict | None = None) -> None:
+                 total_steps: int = 1000, hidden_dims: list[int] = (256, 256), vae_config: dict | None = None,
+                 **kwargs: Any) -> None:
         vae, spec = producer_vae("lmd", vae_checkpoint, vae_config, input_shape, latent_dim)
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr, check_finite=check_finite)
+        super().__init__(**kwargs)
         check_choice("mask_scheduler", mask_scheduler, MASK_SCHEDULERS)
         check_range("mask_start", mask_start, 0.0, 1.0)
         check_range("mask_end", mask_end, mask_start, 1.0)

@@ -24,8 +24,8 @@ Model: the augmented state ``(X, Y)`` is Markov. Prior ``dX = [b(X) - sigma sum_
 so by Girsanov ``KL = E int 1/2 |u|^2 dt`` (their Eq. 12) plus ``KL(q(X_0) || N(0, I))``. The SDE is integrated
 with ``torchsde.sdeint`` (general noise), the KL rate carried as an extra state coordinate.
 
-torchsde is an optional dependency (``pip install 'lightning-vi[sequence]'``): it is imported where the SDE is
-built and solved, so the rest of the package (and this module's closed-form helpers) import without it.
+torchsde is imported where the SDE is built and solved (``lightning_vi.registry.require``), so the rest of
+the package (and this module's closed-form helpers) import without it and a missing install names the fix.
 Randomness: the Brownian motion's entropy and ``X_0`` are drawn from the torch RNG (the global one in
 training, a passed ``generator`` in ``sample_paths``); sampling never reseeds or advances a global RNG
 (torchsde's own default would draw its entropy from NumPy's global RNG).
@@ -34,17 +34,15 @@ training, a passed ``generator`` in ``sample_paths``); sampling never reseeds or
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.distributions import gaussian_kl_per_dim
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES, require
 
 
@@ -247,13 +245,23 @@ class FBMSDE(VIModule):
     ELBO: ``sum_t log p(x_t | X_t) - E int 1/2 |u|^2 dt - KL(q(X_0) || p(X_0))`` (Eq. 12), solved with torchsde.
 
     Args:
-        data_dim: channels of ``x`` [B, T, C]. latent_dim: dimension of ``X``.
-        n_ou: number of OU processes (plus the BM, ``gamma_0 = 0``). gamma_min, gamma_max: rate range (``dt * gamma_max <= 1``).
-        hurst: initial Hurst index in (0, 1). learn_hurst: optimise it with the ELBO.
-        drift: prior drift ``b``: ``"zero"``, ``"linear"`` or ``"mlp"``. hidden: width of the networks.
-        context_dim: size of the GRU context of the posterior control. dt: Euler step of the solver.
-        obs_std: initial observation noise std (learned). horizon: time span the weights are optimised on.
-        beta: weight of the KL term.
+        data_dim: channels of ``x`` [B, T, C].
+        latent_dim: dimension of ``X``.
+        n_ou: number of OU processes (plus the BM, ``gamma_0 = 0``).
+        gamma_min: smallest OU rate.
+        gamma_max: largest OU rate (``dt * gamma_max <= 1``).
+        hurst: initial Hurst index in (0, 1).
+        learn_hurst: optimise the Hurst index with the ELBO.
+        drift: prior drift ``b``: ``"zero"``, ``"linear"`` or ``"mlp"``.
+        hidden: width of the networks.
+        context_dim: size of the GRU context of the posterior control.
+        dt: Euler step of the solver.
+        obs_std: initial observation noise std (learned).
+        horizon: time span the weights are optimised on.
+        kl_weight: weight of the KL term (control cost plus ``KL(q(X_0) || p(X_0))``).
+        beta: deprecated name of ``kl_weight``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     requires = ("torchsde",)  # import names this family needs beyond the core install (the registry lists them)
@@ -273,16 +281,13 @@ class FBMSDE(VIModule):
         dt: float = 0.01,
         obs_std: float = 0.1,
         horizon: float = 1.0,
-        beta: float = 1.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        kl_weight: float = 1.0,
+        beta: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
         _torchsde()  # fail at construction, not at the first training step
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 1.0)
         check_hurst(hurst)
         check_choice("drift", drift, ("zero", "linear", "mlp"))
         check_range("data_dim", data_dim, 1)
@@ -292,7 +297,7 @@ class FBMSDE(VIModule):
             raise ValueError(f"dt={dt!r} is too large for gamma_max={gamma_max!r}: the Euler step of the fastest OU "
                              f"process is unstable; allowed: dt <= 1/gamma_max = {1 / gamma_max:.4g}")
         check_range("obs_std", obs_std, 0.0, low_open=True)
-        check_range("beta", beta, 0.0)
+        check_range("kl_weight", kl_weight, 0.0)
         self.save_hyperparameters()
         self.latent_dim, self.data_dim, self.dt, self.horizon = latent_dim, data_dim, dt, horizon
         self.register_buffer("gammas", ou_rates(n_ou, gamma_min, gamma_max).float())
@@ -313,7 +318,7 @@ class FBMSDE(VIModule):
         nn.init.zeros_(self.control[-1].bias)
         self.readout = nn.Linear(latent_dim, data_dim)
         self.sde = _AugmentedSDE(self)
-        self.term_weights = {"recon": 1.0, "kl": beta}
+        self.term_weights = {"recon": 1.0, "kl": kl_weight}
 
     # -- parameters ----------------------------------------------------------------------------
     @property

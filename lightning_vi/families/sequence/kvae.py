@@ -7,7 +7,7 @@ least-squares problem ``Z̄_{2:T} ≈ Z̄_{1:T-1} A`` over the batch (their Eq. 
 and the prediction loss ``L_pred = E ||Z̄_{2:T} - Z̄_{1:T-1} A||^2`` (Eq. 6; here divided by the total
 variance of the latents, or with ``pred_scale="covariance"`` whitened by their covariance, so that it cannot
 be zeroed by shrinking them) is added to the ELBO
-(Eq. 7: ``recon + beta KL + alpha L_pred + gamma L_eig``). Eigenvalue constraints (Sec. 4.2):
+(Eq. 7: ``recon + kl_weight KL + alpha L_pred + gamma L_eig``). Eigenvalue constraints (Sec. 4.2):
 ``"unit_disk"`` penalises ``sum relu(|lambda| - 1)^2`` (stable dynamics), ``"prescribed"`` penalises
 ``sum (|lambda| - r)^2`` for every eigenvalue (``r = eig_radius``).
 
@@ -21,17 +21,15 @@ Regular and irregular data share one path: missing steps have ``mask = 0``; the 
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.distributions import diag_normal
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -94,15 +92,24 @@ class KoopmanVAE(VIModule):
     """Koopman VAE: sequence VAE whose GRU prior is pulled to linear (Koopman) latent dynamics.
 
     Args:
-        data_dim: channels of ``x`` [B, T, C]. latent_dim: size of ``z_t``. hidden: GRU/MLP width.
-        beta: KL weight. alpha: weight of the Koopman prediction loss. eig_weight: weight of the eigenvalue
-        constraint ``eig_constraint`` (``"none"``, ``"unit_disk"``, ``"prescribed"`` with ``eig_radius``).
-        obs_std: initial observation std (learned). ridge: ridge of the least-squares solve.
+        data_dim: channels of ``x`` [B, T, C].
+        latent_dim: size of ``z_t``.
+        hidden: GRU/MLP width.
+        kl_weight: weight of the KL term (the paper's beta).
+        alpha: weight of the Koopman prediction loss.
+        eig_constraint: ``"none"``, ``"unit_disk"`` or ``"prescribed"`` (with ``eig_radius``).
+        eig_weight: weight of the eigenvalue constraint.
+        eig_radius: modulus of the prescribed eigenvalues.
+        obs_std: initial observation std (learned).
+        ridge: ridge of the least-squares solve.
         koopman_latents: ``"posterior"`` or ``"prior"`` (see the module docstring).
         decoder: ``"mlp"`` or ``"linear"`` (``x_t = W z_t + b``: the latents must carry the oscillations
             themselves, so the operator's eigenvalue angles are the data's frequencies).
         pred_scale: normalisation of the prediction loss, ``"variance"`` or ``"covariance"``
             (see ``koopman_prediction_loss``).
+        beta: deprecated name of ``kl_weight``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -110,7 +117,7 @@ class KoopmanVAE(VIModule):
         data_dim: int = 1,
         latent_dim: int = 4,
         hidden: int = 64,
-        beta: float = 0.1,
+        kl_weight: float = 0.1,
         alpha: float = 1.0,
         eig_constraint: str = "none",
         eig_weight: float = 1.0,
@@ -120,19 +127,16 @@ class KoopmanVAE(VIModule):
         koopman_latents: str = "posterior",
         decoder: str = "mlp",
         pred_scale: str = "variance",
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        beta: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 0.1)
         check_choice("koopman_latents", koopman_latents, ("posterior", "prior"))
         check_choice("decoder", decoder, ("mlp", "linear"))
         check_choice("pred_scale", pred_scale, ("variance", "covariance"))
         check_choice("eig_constraint", eig_constraint, ("none", "unit_disk", "prescribed"))
-        for name, v in (("beta", beta), ("alpha", alpha), ("eig_weight", eig_weight), ("ridge", ridge)):
+        for name, v in (("kl_weight", kl_weight), ("alpha", alpha), ("eig_weight", eig_weight), ("ridge", ridge)):
             check_range(name, v, 0.0)
         check_range("obs_std", obs_std, 0.0, low_open=True)
         check_range("eig_radius", eig_radius, 0.0, low_open=True)
@@ -145,7 +149,7 @@ class KoopmanVAE(VIModule):
         self.prior_rnn = nn.GRU(latent_dim, hidden, batch_first=True)
         self.prior_head = nn.Linear(hidden, 2 * latent_dim)
         self.log_obs_std = nn.Parameter(torch.tensor(float(obs_std)).log())
-        self.term_weights = {"recon": 1.0, "kl": beta, "pred": alpha}
+        self.term_weights = {"recon": 1.0, "kl": kl_weight, "pred": alpha}
         if eig_constraint != "none":
             self.term_weights["eig"] = eig_weight
 

@@ -17,17 +17,15 @@ fixed; those still inside are refined again, warm-started); then the prior gener
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -36,12 +34,20 @@ class PVRNN(VIModule):
     """Multi-layer PV-RNN with adaptive posterior vectors and meta-priors ``w``, ``w1``.
 
     Args:
-        data_dim: channels of ``x`` [B, T, C]. n_sequences: rows of the adaptive-vector table (batches carry
-            ``index`` in ``[0, n_sequences)``). max_length: time steps of the table.
-        d_sizes, z_sizes, taus: per layer (bottom first) deterministic units, latent units, time constants.
-        w: meta-prior (KL weight for t > 1). w1: meta-prior at t = 1.
-        er_window, er_stride, er_steps, er_lr: error-regression window length, steps the window slides each
-            time (1 = every step, ``er_window`` = disjoint blocks), optimisation steps per window position, step size.
+        data_dim: channels of ``x`` [B, T, C].
+        n_sequences: rows of the adaptive-vector table (batches carry ``index`` in ``[0, n_sequences)``).
+        max_length: time steps of the table.
+        d_sizes: deterministic units per layer (bottom first).
+        z_sizes: latent units per layer (bottom first).
+        taus: time constants per layer (bottom first).
+        w: meta-prior (KL weight for t > 1; the paper's name, one per time range, so not ``kl_weight``).
+        w1: meta-prior at t = 1.
+        er_window: error-regression window length.
+        er_stride: steps the window slides each time (1 = every step, ``er_window`` = disjoint blocks).
+        er_steps: optimisation steps per window position.
+        er_lr: error-regression step size.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -58,14 +64,9 @@ class PVRNN(VIModule):
         er_stride: int = 1,
         er_steps: int = 50,
         er_lr: float = 0.1,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
         if not (len(d_sizes) == len(z_sizes) == len(taus)):
             raise ValueError(f"d_sizes={list(d_sizes)}, z_sizes={list(z_sizes)}, taus={list(taus)} must have one "
                              "entry per layer")

@@ -3,24 +3,22 @@ after Bowman et al. (2016, "Generating Sentences from a Continuous Space").
 
 GRU encoder over token embeddings -> ``q(z | x) = N(mu, diag sigma^2)``; GRU decoder initialised from ``z``
 (and fed ``z`` at every step) predicts token ``x_i`` from ``x_{<i}`` (teacher forcing). Loss: token cross
-entropy (masked) ``+ beta KL(q || N(0, I))`` (CLUTR Sec. 3.1). ``interpolate`` decodes points on the
+entropy (masked) ``+ kl_weight KL(q || N(0, I))`` (CLUTR Sec. 3.1). ``interpolate`` decodes points on the
 segment between two posterior means greedily (the latent task manifold).
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl_per_dim
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.sequence._common import sequence_batch
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -29,9 +27,16 @@ class RecurrentVAE(VIModule):
     """Recurrent VAE for token sequences ``x`` [B, L] (long ids in ``[0, vocab_size)``).
 
     Args:
-        vocab_size: number of tokens. latent_dim: size of ``z``. embed_dim, hidden: embedding and GRU widths.
-        beta: KL weight. word_dropout: probability of replacing a decoder input token by the start token
-            (Bowman et al. 2016), which forces the decoder to use ``z``.
+        vocab_size: number of tokens.
+        latent_dim: size of ``z``.
+        embed_dim: token embedding width.
+        hidden: GRU width.
+        kl_weight: weight of ``KL(q(z|x) || N(0, I))``.
+        word_dropout: probability of replacing a decoder input token by the start token (Bowman et al. 2016),
+            which forces the decoder to use ``z``.
+        beta: deprecated name of ``kl_weight``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -40,19 +45,16 @@ class RecurrentVAE(VIModule):
         latent_dim: int = 16,
         embed_dim: int = 32,
         hidden: int = 64,
-        beta: float = 0.1,
+        kl_weight: float = 0.1,
         word_dropout: float = 0.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        beta: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 0.1)
         check_range("vocab_size", vocab_size, 2)
         check_range("latent_dim", latent_dim, 1)
-        check_range("beta", beta, 0.0)
+        check_range("kl_weight", kl_weight, 0.0)
         check_range("word_dropout", word_dropout, 0.0, 1.0)
         self.save_hyperparameters()
         self.vocab_size, self.latent_dim = vocab_size, latent_dim
@@ -63,7 +65,7 @@ class RecurrentVAE(VIModule):
         self.z_to_h = nn.Linear(latent_dim, hidden)
         self.decoder = nn.GRU(embed_dim + latent_dim, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab_size)
-        self.term_weights = {"recon": 1.0, "kl": beta}
+        self.term_weights = {"recon": 1.0, "kl": kl_weight}
 
     def _tokens(self, batch: Any) -> tuple[Tensor, Tensor]:
         x, _, mask = sequence_batch(batch)

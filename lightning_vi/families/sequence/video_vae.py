@@ -7,24 +7,22 @@ times) down to a Gaussian latent ``[latent_channels, T/ct, H/cs, W/cs]``. Decode
 ``<= t`` only. Temporal tiling (OD-VAE Sec. 3.4): ``decode(z, chunk=k)`` decodes ``k`` latent frames at a time
 and carries each causal conv's last ``kernel_t - 1`` input frames to the next chunk, so memory is bounded by
 the chunk and the result equals full decoding exactly (no blending seams).
-Loss: ``BCE(x, decoder(z)) + beta KL(q(z|x) || N(0, I))`` (the VAE part of their objective, without the
+Loss: ``BCE(x, decoder(z)) + kl_weight KL(q(z|x) || N(0, I))`` (the VAE part of their objective, without the
 perceptual/GAN terms).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl_per_dim
 from lightning_vi.core.module import VIModule
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -55,10 +53,18 @@ class VideoVAE(VIModule):
     """3D-conv video VAE with time and space compression and chunked (temporal-tiling) decoding.
 
     Args:
-        in_channels, frames, image_size: video shape ``[C, T, S, S]``.
-        time_factor, space_factor: compression factors (powers of 2; must divide ``frames``/``image_size``).
-        latent_channels: channels of the latent. channels: width of the conv blocks.
-        beta: KL weight. decode_chunk: latent frames per chunk in ``forward`` (0 = decode all at once).
+        in_channels: channels ``C`` of the video ``[C, T, S, S]``.
+        frames: frames ``T``.
+        image_size: side ``S`` of a frame.
+        time_factor: time compression factor (a power of 2 that divides ``frames``).
+        space_factor: space compression factor (a power of 2 that divides ``image_size``).
+        latent_channels: channels of the latent.
+        channels: width of the conv blocks.
+        kl_weight: weight of ``KL(q(z|x) || N(0, I))``.
+        decode_chunk: latent frames per chunk in ``forward`` (0 = decode all at once).
+        beta: deprecated name of ``kl_weight``.
+        **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -70,21 +76,18 @@ class VideoVAE(VIModule):
         space_factor: int = 4,
         latent_channels: int = 4,
         channels: int = 32,
-        beta: float = 1e-3,
+        kl_weight: float = 1e-3,
         decode_chunk: int = 0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: OptimizerCallable | None = None,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        lr: float = 1e-3,
-        check_finite: bool = True,
+        beta: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(**kwargs)
+        kl_weight = self.rename_argument("beta", beta, "kl_weight", kl_weight, 1e-3)
         for name, f in (("time_factor", time_factor), ("space_factor", space_factor)):
             if f < 1 or f & (f - 1):
                 raise ValueError(f"{name}={f!r} is not allowed; use a power of 2 (1, 2, 4, ...)")
         self.check_divisible(frames, image_size, image_size, time_factor, space_factor)
-        check_range("beta", beta, 0.0)
+        check_range("kl_weight", kl_weight, 0.0)
         check_range("decode_chunk", decode_chunk, 0)
         self.save_hyperparameters()
         self.input_shape = (in_channels, frames, image_size, image_size)
@@ -101,7 +104,7 @@ class VideoVAE(VIModule):
         self.dec_out = CausalConv3d(channels, in_channels)
         # up-sampling factors of the decoder levels (mirror of the encoder)
         self.up = [(2 if i < self.n_t else 1, 2 if i < self.n_s else 1) for i in reversed(range(levels))]
-        self.term_weights = {"recon": 1.0, "kl": beta}
+        self.term_weights = {"recon": 1.0, "kl": kl_weight}
 
     @staticmethod
     def check_divisible(frames: int, height: int, width: int, time_factor: int, space_factor: int) -> None:

@@ -65,7 +65,7 @@ def test_mc_dropout_entropy_flags_held_out_classes(split_digits) -> None:
 def test_bnn_trains_with_lightning_and_reloads(tmp_path) -> None:
     L.seed_everything(0)
     dm = DigitsDataModule(batch_size=256)
-    model = BNN(architecture="conv", conv_channels=[8, 16], prior_std=0.5, lr=5e-3)
+    model = BNN(architecture="conv", channels=[8, 16], prior_std=0.5, lr=5e-3)
     diagram = ReliabilityDiagram(every_n_epochs=3)
     trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[diagram])
     trainer.fit(model, dm)

@@ -40,7 +40,7 @@ def test_vib_rate_decreases_monotonically_over_beta() -> None:
     rates = []
     for beta in (1e-4, 1e-2, 1.0):
         L.seed_everything(0)
-        out = _train(VIB(beta=beta, hidden_dims=[32], latent_dim=8), dm.splits["train"], 80)
+        out = _train(VIB(kl_weight=beta, hidden_dims=[32], latent_dim=8), dm.splits["train"], 80)
         rates.append(float(out["rate"]))
     print("VIB rates", rates)
     assert all(a > 2 * b for a, b in zip(rates, rates[1:])), rates
@@ -138,10 +138,10 @@ def test_vib_and_cvib_lightning_reload(tmp_path) -> None:
 
 def test_registered_and_bad_input() -> None:
     assert FAMILIES.get("vib") is VIB and FAMILIES.get("cvib") is CVIB and FAMILIES.get("cs_ib") is CSIB
-    with pytest.raises(ValueError, match=r"beta=-0\.1 is out of range"):
-        VIB(beta=-0.1)
-    with pytest.raises(ValueError, match=r"beta=-1"):
-        CVIB(beta=-1.0)
+    with pytest.raises(ValueError, match=r"kl_weight=-0\.1 is out of range"):
+        VIB(kl_weight=-0.1)
+    with pytest.raises(ValueError, match=r"kl_weight=-1"):
+        CVIB(kl_weight=-1.0)
     with pytest.raises(ValueError, match=r"beta=-1"):
         CSIB(beta=-1.0)
     with pytest.raises(ValueError, match=r"sigma_t=0"):
@@ -218,7 +218,7 @@ def test_cvib_gamma_aligns_the_pruned_and_original_representations() -> None:
     for gamma in (0.0, 1.0):
         for seed in range(3):
             torch.manual_seed(seed)
-            model = CVIB(hidden_dims=[64, 32], beta=0.3, gamma=gamma)
+            model = CVIB(hidden_dims=[64, 32], kl_weight=0.3, gamma=gamma)
             _train(model, dm.splits["train"], 30)
             with torch.no_grad():
                 h_o = model.represent(te["x"], pruned=False)
@@ -279,7 +279,7 @@ def test_cvib_beats_cross_entropy_when_a_distractor_digit_is_spurious() -> None:
                            nn.Linear(64, 10))
         _fit_epochs(ce, lambda m, b: F.cross_entropy(m(b["x"]), b["y"]), sp.splits["train"], seed=seed)
         torch.manual_seed(seed)
-        cvib = CVIB(input_shape=[1, 8, 16], hidden_dims=[128, 64], beta=0.3, gamma=1.0)
+        cvib = CVIB(input_shape=[1, 8, 16], hidden_dims=[128, 64], kl_weight=0.3, gamma=1.0)
         _fit_epochs(cvib, cvib_loss, sp.splits["train"], seed=seed)
         ce_shift.append(acc(ce, sp.splits["test"]))
         ce_iid.append(acc(ce, iid.splits["test"]))

@@ -49,7 +49,7 @@ def _fit_sines(freqs: list[float], n: int, steps: int, **kw) -> tuple[KoopmanVAE
     """Full-batch training on sine mixtures with fixed frequencies (duration 2 s, 32 steps: dt = 2/31 s)."""
     L.seed_everything(0)
     d = sine_mixtures(n, 32, torch.Generator().manual_seed(0), n_components=len(freqs), freqs=freqs, duration=2.0)
-    args = dict(latent_dim=2 * len(freqs) + 2, hidden=32, beta=0.01, alpha=1000.0, decoder="linear",
+    args = dict(latent_dim=2 * len(freqs) + 2, hidden=32, kl_weight=0.01, alpha=1000.0, decoder="linear",
                 pred_scale="covariance", eig_constraint="unit_disk", eig_weight=100.0, lr=0.005)
     m = KoopmanVAE(**{**args, **kw})
     opt = torch.optim.Adam(m.parameters(), lr=m.hparams.lr)

@@ -17,7 +17,7 @@ def trained():
     L.seed_everything(0)
     d = sorted_subset_tokens(1200, 5, 16, torch.Generator().manual_seed(0))
     train, test = {k: v[:1000] for k, v in d.items()}, {k: v[1000:] for k, v in d.items()}
-    m = RecurrentVAE(vocab_size=16, latent_dim=16, embed_dim=16, hidden=48, beta=0.05)
+    m = RecurrentVAE(vocab_size=16, latent_dim=16, embed_dim=16, hidden=48, kl_weight=0.05)
     opt = torch.optim.Adam(m.parameters(), lr=5e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(150):
