@@ -17,6 +17,7 @@ Built-in orders (a deterministic pipeline; Lightning also calls callback hooks i
     2  nested_dropout        structural: forward hook on the feature layer
     3  dream_dropout         structural: frozen-mask dropout layers
     5  multisample_dropout   structural: wraps ``head`` (after ordered_dropout decomposed it)
+    8  ema                   structural: a frozen averaged copy of the network (after the others changed it)
     10 mixup, cutmix         batch transforms, in config-list order (a present ``y_soft`` is mixed again)
     20 kl_schedule           loss weights (before terms are summed) and free-bits term
     25 vf_alignment          extra loss terms

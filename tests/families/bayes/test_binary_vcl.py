@@ -25,7 +25,8 @@ VCL_ARGS = dict(hidden_dims=[128], logit_scale=4.0, kl_weight=2.0, first_task_kl
 def _continual_fit(model: L.LightningModule, tmp_path, num_tasks: int = 3, epochs: int = EPOCHS_PER_TASK,
                    **trainer_kw) -> tuple[TaskSequence, PermutedDigitsDataModule, L.Trainer]:
     dm = PermutedDigitsDataModule(num_tasks=num_tasks, batch_size=128)
-    seq = TaskSequence(epochs_per_task=epochs)
+    # Only binary_vcl consolidates its posterior into the next prior; the sequential baselines do not.
+    seq = TaskSequence(epochs_per_task=epochs, consolidate=hasattr(model, "consolidate"))
     trainer_kw.setdefault("max_epochs", num_tasks * epochs)
     trainer = quiet_trainer(tmp_path, callbacks=[seq], reload_dataloaders_every_n_epochs=1, **trainer_kw)
     trainer.fit(model, dm)
