@@ -221,6 +221,12 @@ class VIModule(L.LightningModule):
         """Extra test-time terms (e.g. an importance-sampled log-likelihood); default none."""
         return {}
 
+    def _in_eval_loop(self) -> bool:
+        """True inside Lightning's validation/test loop, where epoch-level metrics are fed; a plugin or user
+        calling ``compute_loss(batch, "val")`` by hand (e.g. to score a truncation) leaves them alone."""
+        trainer = self._trainer
+        return trainer is not None and bool(trainer.validating or trainer.testing or trainer.sanity_checking)
+
     def update_metrics(self, outputs: dict[str, Any], batch: Any, stage: str) -> None:
         """Feed epoch-level metrics from the non-scalar outputs of a ``"val"``/``"test"`` step; default none
         (``StageMetricsMixin`` implements it)."""
@@ -255,7 +261,7 @@ class VIModule(L.LightningModule):
             out = {**out, **self.test_terms(batch)}
         terms = {k: v for k, v in out.items() if isinstance(v, Tensor) and v.ndim == 0}
         outputs = {k: v for k, v in out.items() if k not in terms}
-        if stage in ("val", "test"):
+        if stage in ("val", "test") and self._in_eval_loop():
             self.update_metrics(outputs, batch, stage)
         loss = None
         for k, w in self.term_weights.items():
