@@ -7,22 +7,14 @@ import pytest
 import torch
 
 from lightning_vi.data.toys import sample_toy
+from diffusion_fit import fit_full_batch
 from lightning_vi.families.diffusion.flow_matching import FlowMatching, straight_path
 from lightning_vi.families.diffusion.ddpm import DDPM
 from lightning_vi.metrics.sample_distances import mmd, sinkhorn_distance
 
 
 def train_full_batch(model, batch, steps, lr=3e-3):
-    opt = torch.optim.Adam(model.parameters(), lr)
-    for _ in range(steps):
-        terms = model.objective(batch)
-        loss = sum(terms[k] * w for k, w in model.term_weights.items() if k in terms)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if hasattr(model, "update_ema"):
-            model.update_ema()
-    return model.eval()
+    return fit_full_batch(model, batch, steps, lr)
 
 
 @pytest.fixture(scope="module")
