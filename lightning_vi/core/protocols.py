@@ -80,6 +80,15 @@ class HasHead(Protocol):
 
 
 @runtime_checkable
+class HasPenultimate(Protocol):
+    """exposes penultimate features and linear-head weights, features(x) -> [B, d] and a tensor head_weight [C, d]"""
+
+    head_weight: Tensor
+
+    def features(self, x: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
 class HasTermWeights(Protocol):
     """weights its loss terms with a dict attribute term_weights"""
 
@@ -193,5 +202,5 @@ def capability(protocol: type) -> str:
 
 
 __all__ = ["HasLatents", "Decodes", "HasLatentDim", "Samples", "Classifies", "HasClasses", "HasHead",
-           "HasTermWeights", "Forecasts", "RegressesErrors", "HasEigenvalues", "SamplesPaths", "Consolidates",
+           "HasPenultimate", "HasTermWeights", "Forecasts", "RegressesErrors", "HasEigenvalues", "SamplesPaths", "Consolidates",
            "require_capability", "missing_members", "capability", "placeholder"]

@@ -10,7 +10,8 @@ NLL of the averaged prediction); in validation and test these, the expected cali
 whole split (:func:`~lightning_vi.metrics.calibration.classification_collection`).
 
 Plugin targets: ``self.backbone`` (produces ``[B, feature_dim]`` features), ``self.feature_dim``,
-``self.dropout`` (an ``nn.Dropout``) and ``self.head`` (``nn.Linear(feature_dim, num_classes)``).
+``self.dropout`` (an ``nn.Dropout``) and ``self.head`` (``nn.Linear(feature_dim, num_classes)``); neural-collapse
+diagnostics read ``features(x)`` and ``head_weight`` (:class:`~lightning_vi.core.protocols.HasPenultimate`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,18 @@ class Classifier(StageMetricsMixin, VIModule):
         return classification_collection(self.num_classes, n_bins=15)
 
     def features(self, x: Tensor) -> Tensor:
+        """Penultimate features ``[B, feature_dim]`` (the head's input, before dropout)."""
         return self.backbone(x)
+
+    @property
+    def head_weight(self) -> Tensor:
+        """Weight ``[C, feature_dim]`` of the linear head (inside a plugin's wrapper such as ``MultiSampleHead``)."""
+        head = self.head
+        while not isinstance(head, nn.Linear) and isinstance(getattr(head, "head", None), nn.Module):
+            head = head.head
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"Classifier.head_weight needs an nn.Linear head (possibly wrapped); head is {type(head).__name__}")
+        return head.weight
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[B, C]`` (a single pass; in eval mode dropout is off)."""
