@@ -97,8 +97,9 @@ class _ExampleMean(Metric):
 
     def update(self, probs: Tensor, y: Tensor) -> None:
         _check_probs(probs, y)
-        self.total += self.per_example(probs.detach().double(), y.long()).sum()
-        self.count += y.shape[0]
+        # Out of place: states made under inference mode (trainer.validate) stay usable in a later fit.
+        self.total = self.total + self.per_example(probs.detach().double(), y.long()).sum()
+        self.count = self.count + y.shape[0]
 
     def compute(self) -> Tensor:
         return (self.total / self.count.clamp_min(1)).float()

@@ -140,3 +140,21 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
         name = f"test/{k}"
         assert ddp["metrics"][name] == pytest.approx(float(single[name]), abs=TOL), (name, ddp["metrics"], single)
         assert ddp["metrics"][name] == pytest.approx(ref[k], abs=TOL), (name, ddp["metrics"][name], ref[k])
+
+
+def test_validate_then_fit_keeps_metric_states_usable(tmp_path):
+    """trainer.validate makes the metric states under inference mode; a later fit must still update them
+    (in-place adds on inference tensors raised "Inplace update to inference tensor outside InferenceMode")."""
+    import lightning as L
+
+    from lightning_vi.data import DigitsDataModule
+    from lightning_vi.families.classifier.classifier import Classifier
+
+    model = Classifier(backbone="mlp", hidden_dims=[32], feature_dim=16)
+    dm = DigitsDataModule(batch_size=128)
+    kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_train_batches=2, default_root_dir=tmp_path)
+    L.Trainer(**kw).validate(model, dm)
+    trainer = L.Trainer(**kw)
+    trainer.fit(model, dm)
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0 and "val/nll" in trainer.callback_metrics
