@@ -29,34 +29,48 @@ def _worker(args) -> None:
     import lightning_vi  # noqa: F401  (registers ddp_topk / ddp_randk)
     from lightning_vi.data.digits import load_digits_tensors
 
-    x = load_digits_tensors()["x"].flatten(1)
+    data = load_digits_tensors()
+    x, y = data["x"].flatten(1), data["y"]
 
     class AE(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 8), nn.Linear(8, 64), nn.Tanh(),
-                                     nn.Linear(64, 64))
+            if args.hidden:
+                self.net = nn.Sequential(nn.Linear(64, args.hidden), nn.Tanh(), nn.Linear(args.hidden, args.code),
+                                         nn.Linear(args.code, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 64))
+            else:  # linear autoencoder: its optimum is the PCA reconstruction error
+                self.net = nn.Sequential(nn.Linear(64, args.code), nn.Linear(args.code, 64))
+            if args.task == "classify":
+                self.net = nn.Sequential(nn.Linear(64, args.hidden), nn.Tanh(), nn.Linear(args.hidden, 10)) \
+                    if args.hidden else nn.Linear(64, 10)
+
+        def loss(self, xb, yb):
+            if args.task == "classify":
+                l2 = sum((p ** 2).sum() for p in self.parameters())
+                return nn.functional.cross_entropy(self.net(xb), yb) + args.wd * l2
+            return ((self.net(xb) - xb) ** 2).mean()
 
         def training_step(self, batch, batch_idx):
-            (xb,) = batch
-            loss = ((self.net(xb) - xb) ** 2).mean()
+            loss = self.loss(*batch)
             self.log("train/loss", loss)
             return loss
 
         def configure_optimizers(self):
+            if args.opt == "sgd":
+                return torch.optim.SGD(self.parameters(), lr=args.lr, momentum=args.momentum)
             return torch.optim.Adam(self.parameters(), lr=args.lr)
 
     results = {}
     for name in ("ddp", args.strategy):
         L.seed_everything(args.seed, verbose=False)
         model = AE()
-        loader = DataLoader(TensorDataset(x), batch_size=64, shuffle=True, drop_last=True)
+        loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, drop_last=True)
         trainer = L.Trainer(accelerator="cpu", devices=2, strategy=name, max_steps=args.steps, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             use_distributed_sampler=True, max_epochs=-1)
         trainer.fit(model, loader)
         with torch.no_grad():
-            mse = float(((model.net(x) - x) ** 2).mean())
+            mse = float(model.loss(x, y))
         n_params = sum(p.numel() for p in model.parameters())
         state = getattr(trainer.strategy, "compression", None)
         results[name] = {
@@ -78,6 +92,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--strategy", default="ddp_topk")
+    p.add_argument("--hidden", type=int, default=0)
+    p.add_argument("--task", default="classify", choices=["classify", "autoencode"])
+    p.add_argument("--wd", type=float, default=1e-2)
+    p.add_argument("--opt", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--code", type=int, default=8)
     p.add_argument("--worker", action="store_true")
     args = p.parse_args()
     if args.worker:
