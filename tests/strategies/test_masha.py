@@ -41,7 +41,8 @@ def test_masha1_message_count():
 def test_extragradient_converges_on_bilinear_game():
     # min_x max_y x'Ay + a'x - b'y: F(z) = (Ay + a, -A'x + b); saddle x* = A'^{-1}b, y* = -A^{-1}a
     g = torch.Generator().manual_seed(0)
-    A = torch.randn(4, 4, generator=g, dtype=torch.float64) + 3 * torch.eye(4, dtype=torch.float64)
+    Q = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))[0]
+    A = Q @ torch.diag(torch.tensor([1.0, 1.5, 2.0, 2.5], dtype=torch.float64))  # singular values 1..2.5
     a, b = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
     F = lambda z: torch.cat([A @ z[4:] + a, -A.T @ z[:4] + b])  # noqa: E731
     z_star = torch.cat([torch.linalg.solve(A.T, b), -torch.linalg.solve(A, a)])
