@@ -79,3 +79,19 @@ def test_bad_rate(rate) -> None:
 def test_bad_noise() -> None:
     with pytest.raises(ValueError, match="noise.*symmetric"):
         NoisyLabelDataModule(DigitsDataModule(), "uniform", 0.2)
+
+
+@pytest.mark.parametrize("noise", ["symmetric", "pairflip"])
+def test_transition_matrix_on_many_labels(noise) -> None:
+    """Empirical T on 200k labels against T_ii = 1 - r, T_ij = r / (C - 1) (symmetric) or T_i,i+1 = r (pairflip)."""
+    from lightning_vi.data.noisy_labels import corrupt_labels
+
+    c, r, n = 10, 0.4, 200_000
+    clean = torch.arange(n) % c
+    noisy = corrupt_labels(clean, c, noise, r, torch.Generator().manual_seed(0))
+    t = torch.zeros(c, c).index_put_((clean, noisy), torch.ones(n), accumulate=True) / (n / c)
+    expected = torch.full((c, c), r / (c - 1)) if noise == "symmetric" else torch.zeros(c, c)
+    if noise == "pairflip":
+        expected[torch.arange(c), (torch.arange(c) + 1) % c] = r
+    expected.fill_diagonal_(1 - r)
+    assert (t - expected).abs().max() < 4 * (0.25 / (n / c)) ** 0.5  # 4 sd of a proportion from n/C draws
