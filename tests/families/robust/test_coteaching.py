@@ -108,3 +108,15 @@ def test_clean_accuracy_beats_cross_entropy(runs) -> None:
     print(f"clean test acc, 40% symmetric: co-teaching {runs['ct']} mean {ct:.3f}; CE {runs['ce']} mean {ce:.3f}")
     assert ct > ce + 0.15, (runs["ct"], runs["ce"])
     assert all(a > b for a, b in zip(runs["ct"], runs["ce"]))
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    dm = NoisyLabelDataModule(DigitsDataModule(batch_size=256), "pairflip", 0.2, seed=0)
+    model = CoTeaching(tau=0.2, num_gradual=3, exponent=2.0, **KW)
+    tr = trainer(1)
+    tr.fit(model, dm)
+    tr.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CoTeaching.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert (loaded.tau, loaded.num_gradual, loaded.exponent) == (0.2, 3, 2.0)
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
