@@ -1,0 +1,3 @@
+"""Robust learning families (noisy labels, ...)."""
+
+from lightning_vi.families.robust.coteaching import CoTeaching
