@@ -1,0 +1,42 @@
+"""Source of notebooks/robust.ipynb (regenerate: python notebooks/src/build.py robust)."""
+
+CELLS = [
+    ("markdown", """
+# Robust learning: Co-teaching under noisy labels
+
+`NoisyLabelDataModule` corrupts the training labels of any labelled data module (symmetric, pair-flip or
+instance-dependent noise, deterministic from a seed; the clean labels ride along for evaluation only).
+`coteaching` (Han et al. 2018; P02) trains two networks that each keep their smallest-loss samples and hand
+them to the peer, with forget rate r_t = tau min(t / T_k, 1)^c.
+"""),
+    ("code", """
+import lightning as L, torch
+from lightning_vi.data import DigitsDataModule
+from lightning_vi.data.noisy_labels import NoisyLabelDataModule
+from lightning_vi.families.classifier import Classifier
+from lightning_vi.families.robust import CoTeaching
+from lightning_vi.families.robust.coteaching import forget_rate
+torch.set_num_threads(1)
+print('forget rate at epochs 0, 5, 10, 20:', [forget_rate(t, tau=0.4) for t in (0, 5, 10, 20)])
+"""),
+    ("code", """
+def run(model, epochs=25):
+    L.seed_everything(0)
+    dm = NoisyLabelDataModule(DigitsDataModule(batch_size=128), noise='symmetric', rate=0.4, seed=0)
+    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model, dm)
+    return float(trainer.test(model, dm, verbose=False)[0]['test/acc']), dm.actual_rate
+
+L.seed_everything(0)
+ce, rate = run(Classifier(input_shape=[1, 8, 8], backbone='mlp', hidden_dims=[256], feature_dim=64, lr=2e-3))
+L.seed_everything(0)
+ct, _ = run(CoTeaching(tau=0.4, hidden_dims=[256], feature_dim=64, lr=2e-3))
+print(f'actual noise rate {rate:.3f}; clean test accuracy: cross entropy {ce:.3f}, co-teaching {ct:.3f}')
+"""),
+    ("markdown", """
+At 25 epochs cross entropy has not yet memorised the wrong labels, so the gap is small. Trained for 100 epochs
+(tests/families/robust/test_coteaching.py, seeds 0-2) cross entropy falls to 0.683 mean clean accuracy while
+co-teaching keeps 0.920, and the samples it selects have label precision >= 0.93 after warm-up (base rate 0.6).
+"""),
+]
