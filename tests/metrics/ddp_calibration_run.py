@@ -63,6 +63,11 @@ def main(devices: int, out: str) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         with open(out, "w") as f:
             json.dump({"world_size": trainer.world_size, "metrics": metrics}, f)
+    # Tear gloo down before the interpreter exits: left to exit, its threads can abort the process
+    # ("terminate called without an active exception", exit -6) on a loaded machine.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
