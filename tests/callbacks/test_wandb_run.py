@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -167,7 +168,9 @@ def test_resumed_fit_continues_the_same_run_and_test_joins_its_group(in_tmp):
     main(["test", *TINY, *NO_MEDIA, "--trainer.limit_test_batches", "1", "--ckpt_path", str(last)])
     first, resumed, tested = sorted(wandb_runs(in_tmp), key=lambda r: r.info.start_time.ToNanoseconds())
     assert resumed.info.run_id == first.info.run_id and resumed.folder != first.folder
-    assert resumed.folder.name.endswith(f"-{first.info.run_id}") and first.folder.name.endswith(f"-{first.info.run_id}")
+    # wandb names a folder offline-run-<second>-<id>, adding "-1" when a run of that id started in the same second
+    same_id = re.compile(rf"^offline-run-\d{{8}}_\d{{6}}-{first.info.run_id}(-\d+)?$")
+    assert same_id.match(resumed.folder.name) and same_id.match(first.folder.name), (first.folder, resumed.folder)
     assert torch.load(last, weights_only=True)[RUN_ID_KEY] == first.info.run_id
     assert [r.exit_code for r in (first, resumed, tested)] == [0, 0, 0]
     steps = [r.values("trainer/global_step") for r in (first, resumed)]  # continued training, not restarted
