@@ -8,7 +8,8 @@ Steps (paper Sec. 3):
      mass; the forget term is clipped at ``forget_cap`` nats/dim so it cannot diverge), plus ``-ELBO_r(f(x_r))`` to keep
      remain embeddings in the remain-VAE's support;
   3. representation alignment: InfoNCE between ``f(x_r)`` and ``f0(x_r)`` (positives: the same example, negatives: the
-     rest of the batch), restoring remain knowledge for the frozen head;
+     rest of the batch and the current forget embeddings), restoring remain knowledge for the frozen head; steps 2 and
+     3 alternate each epoch and the forget term stays on during alignment (without it alignment restores the class);
   4. optional semi-supervised mode: a few labelled remain examples add cross-entropy on the head during alignment.
 
 ``membership_inference_auc`` is the loss-threshold attack (Yeom et al. 2018): AUC of ``-CE`` separating training
