@@ -172,7 +172,10 @@ def test_latent_traversal_also_needs_decode():
 
 
 def test_task_sequence_without_consolidation_serves_any_family():
-    TaskSequence(1, consolidate=False).setup(None, Bare(), "fit")
+    """consolidate=False needs no Consolidates capability; the default (True) does, on the same family."""
+    TaskSequence(1, consolidate=False).setup(None, Bare(), "fit")  # no error
+    with pytest.raises(TypeError, match="TaskSequence.*Bare lacks"):
+        TaskSequence(1).setup(None, Bare(), "fit")
 
 
 @pytest.mark.parametrize("callback", [SampleGrid(), LatentTraversal(), ForecastPlot()],
