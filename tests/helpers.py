@@ -35,3 +35,31 @@ def run_lvi(*args: str, cwd: Path | str = ROOT, timeout: int = 600, env: dict[st
     if check and proc.returncode != 0:
         raise AssertionError(f"lvi {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+class DictDataset:
+    """Examples as ``{"x": x[i], "y": y[i]}`` (a map-style dataset for plain DataLoaders in DDP test scripts)."""
+
+    def __init__(self, x: Any, y: Any) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def run_ddp_script(script: Path, tmp_path: Path, devices: int = 2) -> dict[str, Any]:
+    """Run a test script as ``script DEVICES OUT.json`` in its own process (DDP launches are isolated from
+    pytest, NOTES.md) and return the JSON its rank 0 wrote; a failed run fails with its stderr."""
+    import json
+
+    out = Path(tmp_path) / "ddp.json"
+    path = os.pathsep.join([str(ROOT), str(Path(__file__).parent), str(script.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(devices), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+

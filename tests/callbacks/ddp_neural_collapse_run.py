@@ -13,21 +13,12 @@ import sys
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from helpers import DictDataset
 
 #: 202 examples (even: DistributedSampler pads none); batch 37 makes the batches unequal.
 N, BATCH, FEATURES, CLASSES = 202, 37, 8, 5
-
-
-class DictDataset(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "y": self.y[i]}
 
 
 def build(seed: int = 0):

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from helpers import ROOT, quiet_trainer
+from helpers import quiet_trainer, run_ddp_script
 from lightning_vi.callbacks import NeuralCollapse
 from lightning_vi.data.digits import DigitsDataModule
 from lightning_vi.families.classifier import Classifier
@@ -77,13 +74,7 @@ def test_nc1_falls_while_training_on_digits(seed, tmp_path):
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
     """2-process DDP (gloo, CPU), each process half the data: val/nc* equal one process's to 1e-6."""
-    out = tmp_path / "ddp.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "2", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp = json.loads(out.read_text())
+    ddp = run_ddp_script(SCRIPT, tmp_path)
     assert ddp["world_size"] == 2
     model, data = build()
     cb = NeuralCollapse()

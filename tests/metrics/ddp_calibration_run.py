@@ -13,23 +13,14 @@ import sys
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from helpers import DictDataset
 
 #: 202 examples: divisible by 2 processes, so DistributedSampler gives each rank 101 distinct examples and
 #: pads none (an odd size would repeat one example on one rank and change the metrics); batch 37 makes
 #: the batches unequal (37, 37, 27 per rank; 37 x 5 + 17 in one process).
 N, BATCH, FEATURES, CLASSES = 202, 37, 8, 5
-
-
-class DictDataset(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.x[i], "y": self.y[i]}
 
 
 def build(seed: int = 0, n: int = N, head_scale: float = 6.0):

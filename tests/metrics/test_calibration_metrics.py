@@ -8,9 +8,6 @@ per-batch values (the old reporting) is not the epoch value for the ECE; the tes
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchmetrics.utilities.data import dim_zero_sum
 
-from helpers import ROOT, quiet_trainer
+from helpers import quiet_trainer, run_ddp_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_calibration_run import BATCH, CLASSES, build  # noqa: E402
@@ -124,13 +121,7 @@ def test_predictive_families_report_epoch_level_test_metrics(family, tmp_path):
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
     """2-process DDP (gloo, CPU): the epoch values equal one process's and the numpy values on all data."""
-    out = tmp_path / "ddp.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "2", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ddp = json.loads(out.read_text())
+    ddp = run_ddp_script(SCRIPT, tmp_path)
     assert ddp["world_size"] == 2
     model, data = build()
     single = quiet_trainer(tmp_path).test(model, DataLoader(data, batch_size=BATCH), verbose=False)[0]
