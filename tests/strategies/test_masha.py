@@ -5,7 +5,7 @@ point. Workers are simulated in one process; bits are counted per message, both 
 import pytest
 import torch
 
-from lightning_vi.strategies.masha import Extragradient, Masha1, Masha2, quadratic_game
+from lightning_vi.strategies.masha import Extragradient, Masha1, Masha2, masha1_server, quadratic_game
 
 TOL = 1e-3
 
@@ -86,6 +86,24 @@ def test_masha2_error_feedback_identity(server_k):
     # without error feedback the identity fails: the test can tell the two apart
     plain = Masha2(ops, z0, 0.3 / L, k=4, server_k=server_k, seed=1, error_feedback=False)
     assert _virtual_identity_error(plain, ops) > 1e-3
+    workers, server = plain.residuals()  # and it keeps no residual anywhere
+    assert all(float(e.abs().sum()) == 0 for e in workers + ([] if server is None else [server]))
+
+
+def test_masha1_server_randk_unbiased_on_the_union():
+    # Q_serv keeps k_s of the |U| coordinates the workers sent, scaled |U|/k_s: E[Q(x)] = x and
+    # E||Q(x) - x||^2 = (|U|/k_s - 1)||x||^2 (the Rand-k identities on the support U)
+    x = torch.zeros(10, dtype=torch.float64)
+    x[[1, 4, 6, 9]] = torch.tensor([2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
+    indices = [torch.tensor([1, 4], dtype=torch.int32), torch.tensor([6, 9, 4], dtype=torch.int32)]
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([masha1_server(x, indices, 2, gen)[0] for _ in range(6000)])
+    assert masha1_server(x, indices, 2, gen)[1] == 2 * 32  # two values on the wire per worker
+    torch.testing.assert_close(draws.mean(0), x, rtol=0, atol=0.1)  # sd of each mean < 0.03
+    var = float(((draws - x) ** 2).sum(1).mean())
+    assert abs(var - (4 / 2 - 1) * float(x @ x)) < 0.05 * float(x @ x)
+    exact, bits = masha1_server(x, indices, None, gen)  # uncompressed downlink: the mean on the union
+    assert torch.equal(exact, x) and bits == 4 * 32
 
 
 def test_masha1_message_count():
