@@ -10,7 +10,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
 from torch.utils.data import DataLoader
 
 from helpers import quiet_trainer
@@ -18,6 +17,7 @@ from lightning_vi.data.base import TensorDictDataset
 from lightning_vi.families.diffusion.mask_replace import MaskReplaceSchedule, q_sample
 from lightning_vi.families.diffusion.vq_diffusion import VQDiffusion
 from lightning_vi.families.vae.vqvae import VQVAE
+from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_classifier
 
 
 # -- an independent construction of the paper's schedule and matrices (row convention) ----------
@@ -181,14 +181,14 @@ def agreement(digits, vqvae_checkpoint):
     """{seed: {guidance scale: fraction of 500 samples (50 per class, 20 strided steps) that a logistic
     regression trained on real digits assigns to the requested class}}."""
     train, test = digits
-    clf = LogisticRegression(max_iter=2000).fit(train["x"].flatten(1).numpy(), train["y"].numpy())
-    assert clf.score(test["x"].flatten(1).numpy(), test["y"].numpy()) > 0.9
+    classify = fit_digits_classifier(train["x"], train["y"])
+    assert class_agreement(classify, test["x"], test["y"]) > 0.9
     y = torch.arange(500) % 10
     out = {}
     for seed in SEEDS:
         model = _train(vqvae_checkpoint, train, seed)
-        out[seed] = {s: float((clf.predict(model.sample(500, torch.Generator().manual_seed(seed), y, s, steps=20)
-                                           .flatten(1).numpy()) == y.numpy()).mean()) for s in SCALES}
+        out[seed] = {s: class_agreement(classify, model.sample(500, torch.Generator().manual_seed(seed), y, s, steps=20), y)
+                     for s in SCALES}
     return out
 
 
