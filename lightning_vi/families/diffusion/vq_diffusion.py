@@ -34,7 +34,7 @@ from lightning_vi.families.diffusion.mask_replace import MaskReplaceSchedule, q_
 from lightning_vi.families.diffusion.producer import FrozenProducers, build_producer, read_producer
 from lightning_vi.registry import FAMILIES
 
-_LOG_TINY = -69.0  # log(1e-30): the floor of log-probabilities (the official code clamps at -70)
+_TINY = 1e-30  # floor of probabilities inside logs (log = -69; the official code clamps log-probabilities at -70)
 
 
 def vqvae_make_command(codebook_size: int, input_shape: tuple[int, ...] | list[int]) -> str:
@@ -153,9 +153,13 @@ class VQDiffusion(FrozenProducers, VIModule):
 
     # -- network ---------------------------------------------------------------------------------
     def log_p0(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """``log p_theta(x0 | x_t, y)`` ``[B, N, K+1]`` (MASK gets probability 0, log floor -69)."""
-        logp = F.log_softmax(self.net(x_t, t, y if self.num_classes > 0 else None).float(), -1)
-        return F.pad(logp, (0, 1), value=_LOG_TINY)
+        """``log p_theta(x0 | x_t, y)`` over the K codes, ``[B, N, K]``."""
+        return F.log_softmax(self.net(x_t, t, y if self.num_classes > 0 else None).float(), -1)
+
+    @staticmethod
+    def with_mask(log_p: Tensor) -> Tensor:
+        """Probabilities ``[..., K+1]`` from log-probabilities over the codes: ``x0`` is never MASK."""
+        return F.pad(log_p.exp(), (0, 1))
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return self.log_p0(x_t, t, y)
@@ -172,11 +176,11 @@ class VQDiffusion(FrozenProducers, VIModule):
         log_p0 = self.log_p0(x_t, t, y)
         onehot = F.one_hot(x0, K + 1).float()
         q_post = self.schedule.posterior(onehot, x_t, t)       # q(x_{t-1} | x_t, x0); delta_{x0} at t = 1
-        p_post = self.schedule.posterior(log_p0.exp(), x_t, t)  # p_theta(x_{t-1} | x_t)
-        kl = (q_post * (q_post.clamp_min(1e-30).log() - p_post.clamp_min(1e-30).log().clamp_min(_LOG_TINY))).sum(-1)
+        p_post = self.schedule.posterior(self.with_mask(log_p0), x_t, t)  # p_theta(x_{t-1} | x_t)
+        kl = (q_post * (q_post.clamp_min(_TINY).log() - p_post.clamp_min(_TINY).log())).sum(-1)
         q_T = self.schedule.marginal(onehot, torch.full_like(t, T))
         prior = self.schedule.prior(x0.shape)
-        kl_T = (q_T * (q_T.clamp_min(1e-30).log() - prior.log())).sum(-1)
+        kl_T = (q_T * (q_T.clamp_min(_TINY).log() - prior.log())).sum(-1)
         x0_nll = -log_p0.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         return {"vlb": T * kl.mean() + kl_T.mean(), "x0_nll": x0_nll.mean(),
                 "acc_x0": (log_p0.argmax(-1) == x0).float().mean()}
@@ -208,7 +212,7 @@ class VQDiffusion(FrozenProducers, VIModule):
             ts = self.timesteps(steps)
             for t, s in zip(ts[:-1], ts[1:]):
                 tt = torch.full((n,), t, device=self.device, dtype=torch.long)
-                p0 = F.log_softmax(fn(x, tt), -1).exp()  # guided log-probabilities, renormalised
+                p0 = self.with_mask(F.log_softmax(fn(x, tt), -1))  # guided log-probabilities, renormalised
                 x = sample_categorical(self.schedule.posterior(p0, x, tt, torch.full_like(tt, s)), generator)
             return x
         finally:

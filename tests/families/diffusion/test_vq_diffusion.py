@@ -242,3 +242,4 @@ def test_bad_input_names_the_values(vqvae_checkpoint):
     with pytest.raises(FileNotFoundError, match="lvi fit --config configs/vae/vqvae.yaml"):
         VQDiffusion(vqvae_checkpoint="missing.ckpt", codebook_size=64)
 
+
