@@ -48,6 +48,28 @@ def vqvae_make_command(codebook_size: int, input_shape: tuple[int, ...] | list[i
     return cmd
 
 
+def with_mask(log_p: Tensor) -> Tensor:
+    """Probabilities ``[..., K+1]`` from log-probabilities over the K codes (``x0`` is never MASK: exactly 0)."""
+    return F.pad(log_p.exp(), (0, 1))
+
+
+def vlb_terms(schedule: MaskReplaceSchedule, x0: Tensor, x_t: Tensor, t: Tensor, log_p0: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token terms of ``L_vlb`` (nats, ``[B, N]`` each) for codes ``x0``, noisy tokens ``x_t`` at steps ``t``
+    ``[B]`` and the network's ``log p_theta(x0 | x_t)`` ``[B, N, K]``:
+
+    - ``L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p_theta(x_{t-1} | x_t))``; at ``t = 1`` it is ``-log p_theta(x0 | x_1)``;
+    - ``L_T = KL(q(x_T | x0) || p(x_T))`` with the stationary ``p(x_T)`` (no parameters).
+    """
+    onehot = F.one_hot(x0, schedule.K + 1).to(log_p0.dtype)
+    q_post = schedule.posterior(onehot, x_t, t)  # q(x_{t-1} | x_t, x0); delta_{x0} at t = 1
+    p_post = schedule.posterior(with_mask(log_p0), x_t, t)  # p_theta(x_{t-1} | x_t)
+    kl = (q_post * (q_post.clamp_min(_TINY).log() - p_post.clamp_min(_TINY).log())).sum(-1)
+    q_T = schedule.marginal(onehot, torch.full_like(t, schedule.T))
+    prior = schedule.prior(x0.shape, log_p0.dtype)
+    kl_T = (q_T * (q_T.clamp_min(_TINY).log() - prior.log())).sum(-1)
+    return kl, kl_T
+
+
 class TokenTransformer(nn.Module):
     """``p_theta(x0 | x_t, t, y)`` logits ``[B, N, K]`` from tokens ``x_t`` ``[B, N]`` in ``0..K`` (K = MASK).
 
@@ -156,31 +178,20 @@ class VQDiffusion(FrozenProducers, VIModule):
         """``log p_theta(x0 | x_t, y)`` over the K codes, ``[B, N, K]``."""
         return F.log_softmax(self.net(x_t, t, y if self.num_classes > 0 else None).float(), -1)
 
-    @staticmethod
-    def with_mask(log_p: Tensor) -> Tensor:
-        """Probabilities ``[..., K+1]`` from log-probabilities over the codes: ``x0`` is never MASK."""
-        return F.pad(log_p.exp(), (0, 1))
-
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         return self.log_p0(x_t, t, y)
 
     # -- training --------------------------------------------------------------------------------
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         x0 = self.encode(batch["x"])
-        B, T, K = x0.shape[0], self.schedule.T, self.num_codes
+        B, T = x0.shape[0], self.schedule.T
         t = torch.randint(1, T + 1, (B,), device=x0.device)
         x_t = q_sample(self.schedule, x0, t)
         y = batch.get("y")
         if y is not None and self.num_classes > 0:
             y = drop_condition(y, self.hparams.p_uncond, self.num_classes)
         log_p0 = self.log_p0(x_t, t, y)
-        onehot = F.one_hot(x0, K + 1).float()
-        q_post = self.schedule.posterior(onehot, x_t, t)       # q(x_{t-1} | x_t, x0); delta_{x0} at t = 1
-        p_post = self.schedule.posterior(self.with_mask(log_p0), x_t, t)  # p_theta(x_{t-1} | x_t)
-        kl = (q_post * (q_post.clamp_min(_TINY).log() - p_post.clamp_min(_TINY).log())).sum(-1)
-        q_T = self.schedule.marginal(onehot, torch.full_like(t, T))
-        prior = self.schedule.prior(x0.shape)
-        kl_T = (q_T * (q_T.clamp_min(_TINY).log() - prior.log())).sum(-1)
+        kl, kl_T = vlb_terms(self.schedule, x0, x_t, t, log_p0)
         x0_nll = -log_p0.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         return {"vlb": T * kl.mean() + kl_T.mean(), "x0_nll": x0_nll.mean(),
                 "acc_x0": (log_p0.argmax(-1) == x0).float().mean()}
@@ -212,7 +223,7 @@ class VQDiffusion(FrozenProducers, VIModule):
             ts = self.timesteps(steps)
             for t, s in zip(ts[:-1], ts[1:]):
                 tt = torch.full((n,), t, device=self.device, dtype=torch.long)
-                p0 = self.with_mask(F.log_softmax(fn(x, tt), -1))  # guided log-probabilities, renormalised
+                p0 = with_mask(F.log_softmax(fn(x, tt), -1))  # guided log-probabilities, renormalised
                 x = sample_categorical(self.schedule.posterior(p0, x, tt, torch.full_like(tt, s)), generator)
             return x
         finally:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from helpers import quiet_trainer
 from lightning_vi.data.base import TensorDictDataset
 from lightning_vi.families.diffusion.mask_replace import MaskReplaceSchedule, q_sample
-from lightning_vi.families.diffusion.vq_diffusion import VQDiffusion
+from lightning_vi.families.diffusion.vq_diffusion import VQDiffusion, vlb_terms
 from lightning_vi.families.vae.vqvae import VQVAE
 from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_classifier
 
@@ -243,3 +243,38 @@ def test_bad_input_names_the_values(vqvae_checkpoint):
         VQDiffusion(vqvae_checkpoint="missing.ckpt", codebook_size=64)
 
 
+
+
+def test_vlb_terms_match_enumerated_kl():
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x0) || sum_x0' p0(x0') q(x_{t-1} | x_t, x0')) with both posteriors from the
+    enumeration above; at t = 1 it is -log p0(x0); L_T against the closed form q(x_T | x0) and p(x_T)."""
+    K, T = 3, 6
+    sched = MaskReplaceSchedule(K, T)
+    rng = np.random.default_rng(0)
+    p0 = rng.dirichlet(np.ones(K))
+    abar, gbar = paper_bars(T)
+    for t in (1, 3, 6):
+        for x_t in range(K + 1):
+            for x0 in range(K):
+                kl, kl_T = vlb_terms(sched, torch.tensor([[x0]]), torch.tensor([[x_t]]), torch.tensor([t]),
+                                     torch.tensor(np.log(p0))[None, None])
+                q = enumerated_posterior(K, T, t, x_t, np.eye(K + 1)[x0])
+                p = enumerated_posterior(K, T, t, x_t, np.append(p0, 0.0))
+                want = sum(q[j] * np.log(q[j] / p[j]) for j in range(K + 1) if q[j] > 0)
+                assert abs(kl.item() - want) < 1e-9, (t, x_t, x0)
+                if t == 1:
+                    assert abs(kl.item() + np.log(p0[x0])) < 1e-9
+                qT = mask_replace_matrix(abar[T], gbar[T], K)[x0]
+                pT = np.append(np.full(K, (1 - gbar[T]) / K), gbar[T])
+                assert abs(kl_T.item() - float((qT * np.log(qT / pT)).sum())) < 1e-12
+
+
+def test_unconditional_model_trains_and_samples(vqvae_checkpoint, digits):
+    L.seed_everything(0)
+    model = VQDiffusion(vqvae_checkpoint=vqvae_checkpoint, codebook_size=K_CODES, num_classes=0, d_model=16, depth=1,
+                        heads=2, sample_steps=4)
+    terms = model.objective({"x": digits[0]["x"][:32], "y": digits[0]["y"][:32]})
+    assert all(torch.isfinite(terms[k]) for k in ("vlb", "x0_nll"))
+    x = model.sample(6, torch.Generator().manual_seed(0))
+    assert x.shape == (6, 1, 8, 8) and torch.isfinite(x).all()
+    assert model.timesteps(4) == [100, 75, 50, 25, 0]
