@@ -125,7 +125,8 @@ def test_lvi_fit_then_lvi_test_uses_the_chosen_k(tmp_path, monkeypatch) -> None:
 
     monkeypatch.chdir(tmp_path)
     cfg = str(ROOT / "configs/robust/coteaching_nested.yaml")
-    fit = build_cli(["fit", "--config", cfg, "--trainer.max_epochs", "2", "--trainer.logger", "false",
+    fit = build_cli(["fit", "--config", cfg, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                     "--trainer.logger", "false",
                      "--smoke", "false"])
     k = int(fit.model.nested_dropout_eval_k)
     assert 1 <= k <= 64 and float(fit.trainer.callback_metrics["val/best_k"]) == k
