@@ -14,6 +14,12 @@ base module's, with clean ``y``. Noise models (transition matrix ``T_ij = P(nois
 
 The realised fraction of corrupted training labels is :attr:`NoisyLabelDataModule.actual_rate`; it is
 logged at setup (``data/actual_noise_rate`` to the trainer's loggers, and to the Python log).
+
+Noisy validation split. With ``noisy_val_fraction=f`` a seeded fraction ``f`` of the (already corrupted)
+train split becomes the validation split: its batches carry the *noisy* ``y`` only (no ``y_clean``), as a
+practitioner without clean data would have (Chen et al. 2021 choose the truncation K on such a split); the
+model trains on the rest, and the base module's clean validation split is not used. The test split stays
+clean. The labels of an example do not depend on ``f`` (corruption happens before the split).
 """
 
 from __future__ import annotations
@@ -69,21 +75,33 @@ def corrupt_labels(y: Tensor, num_classes: int, noise: str, rate: float, generat
 class NoisyLabelDataset(Dataset):
     """A labelled dataset with its ``y`` replaced by ``noisy`` and the original kept as ``y_clean``."""
 
-    def __init__(self, base: Dataset, noisy: Tensor, clean: Tensor) -> None:
+    def __init__(self, base: Dataset, noisy: Tensor, clean: Tensor, indices: Tensor | None = None,
+                 with_clean: bool = True) -> None:
+        """``indices``: the examples of ``base`` in this subset (default all); ``with_clean=False`` leaves
+        ``y_clean`` out of the items (a noisy validation split)."""
         self.base, self.noisy, self.clean = base, noisy, clean
+        self.indices = torch.arange(len(noisy)) if indices is None else indices.long()
+        self.with_clean = with_clean
 
     def __len__(self) -> int:
-        return len(self.noisy)
+        return len(self.indices)
+
+    def _labels(self, index: Any) -> dict[str, Tensor]:
+        out = {"y": self.noisy[index]}
+        if self.with_clean:
+            out["y_clean"] = self.clean[index]
+        return out
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**self.base[i], "y": self.noisy[i], "y_clean": self.clean[i]}
+        j = int(self.indices[i])
+        return {**self.base[j], **self._labels(j)}
 
     def __getitems__(self, idx: list[int]) -> Any:
         if not hasattr(self.base, "__getitems__"):
             return [self[i] for i in idx]
-        batch = self.base.__getitems__(idx)
-        index = torch.as_tensor(idx, dtype=torch.long)
-        return {**batch, "y": self.noisy[index], "y_clean": self.clean[index]}
+        index = self.indices[torch.as_tensor(idx, dtype=torch.long)]
+        batch = self.base.__getitems__(index.tolist())
+        return {**batch, **self._labels(index)}
 
 
 def _dataset_tensor(ds: Dataset, key: str) -> Tensor:
@@ -102,17 +120,27 @@ class NoisyLabelDataModule(L.LightningDataModule):
         rate: noise rate in [0, 1) (the probability that a training label is corrupted).
         seed: seed of the corruption.
         num_classes: number of classes C; default ``base.num_classes`` or ``max(y) + 1``.
+        noisy_val_fraction: fraction in (0, 1) of the noisy train split held out as a noisy validation
+            split (replacing the base's clean one); None keeps the base's validation split.
     """
 
     def __init__(self, base: L.LightningDataModule, noise: str = "symmetric", rate: float = 0.2, seed: int = 0,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, noisy_val_fraction: float | None = None) -> None:
         super().__init__()
         check_choice("noise", noise, NOISE_TYPES)
         if not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ValueError(f"rate={rate!r} is out of range; allowed: [0, 1)")
+        if noisy_val_fraction is not None and (
+                isinstance(noisy_val_fraction, bool) or not isinstance(noisy_val_fraction, (int, float))
+                or not 0.0 < noisy_val_fraction < 1.0):
+            raise ValueError(f"noisy_val_fraction={noisy_val_fraction!r} is out of range; allowed: (0, 1) "
+                             "(the fraction of the noisy train split held out for validation) or null")
         self.base, self.noise, self.rate, self.seed = base, noise, float(rate), int(seed)
+        self.noisy_val_fraction = None if noisy_val_fraction is None else float(noisy_val_fraction)
         self.num_classes = num_classes or getattr(base, "num_classes", None)
         self.train_set: NoisyLabelDataset | None = None
+        #: the noisy validation split (``noisy_val_fraction``), noisy ``y`` only.
+        self.val_set: NoisyLabelDataset | None = None
         #: realised fraction of training labels that differ from the clean ones (after ``setup``).
         self.actual_rate: float | None = None
 
@@ -129,8 +157,18 @@ class NoisyLabelDataModule(L.LightningDataModule):
             self.num_classes = c
             x = _dataset_tensor(ds, "x") if self.noise == "instance" else None
             noisy = corrupt_labels(clean, c, self.noise, self.rate, torch.Generator().manual_seed(self.seed), x)
-            self.train_set = NoisyLabelDataset(ds, noisy, clean)
-            self.actual_rate = float((noisy != clean).float().mean())
+            train_idx = torch.arange(len(clean))
+            if self.noisy_val_fraction is not None:
+                n_val = int(round(self.noisy_val_fraction * len(clean)))
+                if not 1 <= n_val < len(clean):
+                    raise ValueError(f"noisy_val_fraction={self.noisy_val_fraction!r} leaves {n_val} of the "
+                                     f"{len(clean)} training examples for validation; allowed: at least one "
+                                     "example in each of the two parts")
+                perm = torch.randperm(len(clean), generator=torch.Generator().manual_seed(self.seed + 1))
+                train_idx, val_idx = perm[n_val:].sort().values, perm[:n_val].sort().values
+                self.val_set = NoisyLabelDataset(ds, noisy, clean, val_idx, with_clean=False)
+            self.train_set = NoisyLabelDataset(ds, noisy, clean, train_idx)
+            self.actual_rate = float((noisy[train_idx] != clean[train_idx]).float().mean())
             log.info("NoisyLabelDataModule: %s noise, rate %.3f requested, %.4f realised on %d training labels",
                      self.noise, self.rate, self.actual_rate, len(clean))
         trainer = getattr(self, "trainer", None)
@@ -149,7 +187,12 @@ class NoisyLabelDataModule(L.LightningDataModule):
                           num_workers=loader.num_workers, persistent_workers=loader.num_workers > 0)
 
     def val_dataloader(self) -> Any:
-        return self.base.val_dataloader()
+        if self.noisy_val_fraction is None:
+            return self.base.val_dataloader()
+        self.setup("fit")
+        loader = self.base.train_dataloader()
+        return DataLoader(self.val_set, batch_size=loader.batch_size, shuffle=False, collate_fn=loader.collate_fn,
+                          num_workers=loader.num_workers, persistent_workers=loader.num_workers > 0)
 
     def test_dataloader(self) -> Any:
         return self.base.test_dataloader()

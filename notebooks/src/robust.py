@@ -36,8 +36,38 @@ print(f'actual noise rate {rate:.3f}; clean test accuracy: cross entropy {ce:.3f
 """),
     ("markdown", """
 At 25 epochs cross entropy has not yet memorised the wrong labels, so the gap is small. Trained for 100 epochs
-(tests/families/robust/test_coteaching.py, seeds 0-2) cross entropy falls to 0.683 mean clean accuracy while
-co-teaching keeps 0.920, and the samples it selects have label precision >= 0.93 after warm-up (base rate 0.6).
+(tests/families/robust/test_coteaching.py, seeds 0-2, all on the same 90% of the noisy train split) cross entropy
+falls to 0.704 mean clean accuracy while co-teaching keeps 0.878, and the samples it selects stay >= 90% clean
+after warm-up (base rate 0.6).
+"""),
+    ("markdown", """
+## Compressing features: nested dropout + Co-teaching (Chen et al. 2021)
+
+The `nested_dropout` plugin truncates the feature layer of *both* Co-teaching networks after an index
+k ~ p(k) proportional to exp(-(k/sigma)^2). With `select_k=True` the truncation K used at test time is chosen at the
+end of fit by accuracy on a *noisy* validation split (`noisy_val_fraction`, noisy labels only), stored in the
+model's buffer `nested_dropout_eval_k` (so checkpoints keep it) and logged as `val/best_k`.
+"""),
+    ("code", """
+from lightning_vi.plugins.nested_dropout import NestedDropout, half_gaussian_probs
+p = half_gaussian_probs(64, 64.0)
+print('p(k), sigma=64, D=64: k=1 %.4f, k=32 %.4f, k=64 %.4f' % (p[0], p[31], p[63]))
+L.seed_everything(0)
+dm = NoisyLabelDataModule(DigitsDataModule(batch_size=128), noise='symmetric', rate=0.4, seed=0, noisy_val_fraction=0.1)
+nested = CoTeaching(tau=0.4, hidden_dims=[256], feature_dim=64, lr=2e-3,
+                    plugins=[NestedDropout(distribution='half_gaussian', sigma=64.0, select_k=True)])
+trainer = L.Trainer(max_epochs=15, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+trainer.fit(nested, dm)
+curve = nested.plugin('nested_dropout').curve
+k = int(nested.nested_dropout_eval_k)
+print('noisy-val accuracy at K = 1, 4, 16, 64:', [round(curve[j], 3) for j in (1, 4, 16, 64)])
+print(f'chosen K = {k}; clean test accuracy at K: {trainer.test(nested, dm, verbose=False)[0]["test/acc"]:.3f}')
+"""),
+    ("markdown", """
+Trained for 100 epochs (seeds 0-2, docs/robust_coteaching.md): nested dropout + Co-teaching 0.915 mean clean test
+accuracy, Co-teaching 0.878, cross entropy 0.704 (gaps +0.037 and +0.174). The first gap is small against the
+seed-to-seed spread: sigma = 64 was picked after sigma = 40 gave +0.002, and held-out seeds 3-5 give +0.007.
 """),
     ("markdown", """
 ## Auditing gradient leakage through dropout (P32)

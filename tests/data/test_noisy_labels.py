@@ -95,3 +95,53 @@ def test_transition_matrix_on_many_labels(noise) -> None:
         expected[torch.arange(c), (torch.arange(c) + 1) % c] = r
     expected.fill_diagonal_(1 - r)
     assert (t - expected).abs().max() < 4 * (0.25 / (n / c)) ** 0.5  # 4 sd of a proportion from n/C draws
+
+
+def _cat(loader, key: str) -> torch.Tensor:
+    return torch.cat([b[key] for b in loader])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noisy_val_split_is_carved_from_the_noisy_train_split(seed) -> None:
+    """noisy_val_fraction: a seeded part of the corrupted train split, noisy labels only; test stays clean."""
+    full = NoisyLabelDataModule(DigitsDataModule(seed=seed), "symmetric", 0.4, seed=seed)
+    full.setup("fit")
+    dm = NoisyLabelDataModule(DigitsDataModule(seed=seed), "symmetric", 0.4, seed=seed, noisy_val_fraction=0.2)
+    dm.setup("fit")
+    base = DigitsDataModule(seed=seed)
+    base.setup("fit")
+    n = len(base.splits["train"]["y"])
+    # Identify each example by its pixels: the val and train parts partition the base train split.
+    key = lambda x: [tuple(r.tolist()) for r in x.flatten(1)]  # noqa: E731
+    row = {k: i for i, k in enumerate(key(base.splits["train"]["x"]))}
+    val_x, val_y = _cat(dm.val_dataloader(), "x"), _cat(dm.val_dataloader(), "y")
+    tr_x = torch.cat([b["x"] for b in dm.train_dataloader()])
+    vi, ti = [row[k] for k in key(val_x)], [row[k] for k in key(tr_x)]
+    assert len(vi) == round(0.2 * n) and len(ti) == n - len(vi)
+    assert sorted(vi + ti) == list(range(n))
+    # The labels are the same corruption as without a validation split (noisy, not clean) ...
+    noisy, clean = full.train_set.noisy, base.splits["train"]["y"]
+    assert torch.equal(val_y, noisy[vi])
+    assert abs(float((val_y != clean[vi]).float().mean()) - 0.4) < 0.1
+    assert all("y_clean" not in b for b in dm.val_dataloader())
+    assert dm.actual_rate == pytest.approx(float((noisy[ti] != clean[ti]).float().mean()))
+    # ... and the clean test split is the base's.
+    assert torch.equal(_cat(dm.test_dataloader(), "y"), base.splits["test"]["y"])
+    # Deterministic from the seed.
+    again = NoisyLabelDataModule(DigitsDataModule(seed=seed), "symmetric", 0.4, seed=seed, noisy_val_fraction=0.2)
+    torch.manual_seed(1234)
+    again.setup("fit")
+    assert torch.equal(_cat(again.val_dataloader(), "x"), val_x)
+    assert torch.equal(_cat(again.val_dataloader(), "y"), val_y)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5, True, "0.1"])
+def test_bad_noisy_val_fraction(fraction) -> None:
+    with pytest.raises(ValueError, match=r"noisy_val_fraction=.*allowed: \(0, 1\)"):
+        NoisyLabelDataModule(DigitsDataModule(), "symmetric", 0.4, noisy_val_fraction=fraction)
+
+
+def test_noisy_val_fraction_too_small_for_the_split() -> None:
+    dm = NoisyLabelDataModule(DigitsDataModule(), "symmetric", 0.4, noisy_val_fraction=1e-5)
+    with pytest.raises(ValueError, match="noisy_val_fraction=1e-05 leaves 0 of the"):
+        dm.setup("fit")

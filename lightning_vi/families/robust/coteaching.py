@@ -11,8 +11,14 @@ Logged: ``train/forget_rate``, ``train/precision`` (``train/precision_epoch``: f
 samples whose noisy label equals ``y_clean``, when the batch carries it, e.g. from
 :class:`~lightning_vi.data.noisy_labels.NoisyLabelDataModule`), ``train/noise_rate`` (corrupted fraction of
 the batch), and in validation/test ``acc`` (epoch-level, of network 1, as Han et al. report), ``acc2`` (of
-network 2), ``nll``, ``ece``, ``brier`` on the clean labels. Each network is the classifier family's backbone
+network 2), ``nll``, ``ece``, ``brier`` on the labels of the split (clean, or noisy on a
+``noisy_val_fraction`` validation split). Each network is the classifier family's backbone
 (:func:`~lightning_vi.nn.backbones.build_backbone`), a dropout and a linear head.
+
+Compression (Chen et al. 2021, "Compressing Features for Learning with Noisy Labels"): the family declares
+``feature_layers = ("net1.backbone", "net2.backbone")``, so the ``nested_dropout`` plugin truncates the
+feature layer of *both* networks (each draws its own index); with ``select_k: true`` the truncation K used at
+test/predict is chosen at the end of fit on the (noisy) validation split by network 1's accuracy.
 """
 
 from __future__ import annotations
@@ -70,6 +76,9 @@ class CoTeaching(StageMetricsMixin, VIModule):
         **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
             ``check_finite``).
     """
+
+    #: The feature layers of the two networks (where ``nested_dropout`` truncates by default).
+    feature_layers = ("net1.backbone", "net2.backbone")
 
     def __init__(
         self,
