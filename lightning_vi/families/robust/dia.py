@@ -60,17 +60,25 @@ class MaskedDropout(nn.Module):
         return f"p={self.p}"
 
 
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
 class MaskedDropoutMLP(nn.Module):
-    """``Linear -> sigmoid -> MaskedDropout`` blocks and a linear head (sigmoid as in DLG/iDLG: activations
-    are positive, so every unit's mask shows in the gradient and the iDLG label rule holds)."""
+    """``Linear -> act -> MaskedDropout`` blocks and a linear head.
+
+    ``act="sigmoid"`` (as in DLG/iDLG): activations are positive, so every unit's mask shows in the gradient.
+    ``act="relu"``: a unit whose pre-activation is negative outputs 0, so its mask never shows in the gradient
+    (unidentifiable); the iDLG label rule still holds (features >= 0)."""
 
     def __init__(self, in_features: int = 64, hidden: Sequence[int] = (64, 64), num_classes: int = 10,
-                 p: float = 0.5) -> None:
+                 p: float = 0.5, act: str = "sigmoid") -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act={act!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.Sigmoid(), MaskedDropout(p)]
+            layers += [nn.Linear(d, h), ACTIVATIONS[act](), MaskedDropout(p)]
             d = h
         layers.append(nn.Linear(d, num_classes))
         self.net = nn.Sequential(*layers)
@@ -115,7 +123,8 @@ def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Sequence[int], *,
                       attack: str = "dia", label: int | Tensor | None = None, steps: int = 2000,
                       lr: float = 0.1, tv: float = 1e-4, mask_weight: float = 1.0,
-                      value_range: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> dict:
+                      value_range: tuple[float, float] = (0.0, 1.0), clip_masks: bool = True,
+                      seed: int = 0) -> dict:
     """Reconstruct the one example whose gradient ``grad`` (one tensor per trainable parameter, in
     ``model.parameters()`` order) was shared.
 
@@ -127,6 +136,7 @@ def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Seq
         label: the true class, or None to infer it from ``grad`` (iDLG).
         steps, lr: Adam steps and learning rate; ``tv``: total-variation weight; ``mask_weight``: keep-rate penalty.
         value_range: the input is clipped to this box after each step.
+        clip_masks: clip the relaxed masks to [0, 1] after each step (``False`` only for the ablation).
 
     Returns: ``{"x": reconstruction, "label": int, "masks": list of [features] (dia) or None, "loss": float}``.
     """
@@ -187,7 +197,7 @@ def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Seq
             sched.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-                for mask in masks:
+                for mask in masks if clip_masks else ():
                     mask.clamp_(0.0, 1.0)
     finally:
         for m in layers:
@@ -224,14 +234,15 @@ def attack_result_metrics(x_rec: Tensor, x_true: Tensor, masks: list[Tensor] | N
     return out
 
 
-def train_digits_mlp(p: float = 0.5, hidden: Sequence[int] = (64, 64), epochs: int = 3, seed: int = 0):
+def train_digits_mlp(p: float = 0.5, hidden: Sequence[int] = (64, 64), epochs: int = 3, seed: int = 0,
+                     act: str = "sigmoid"):
     """A MaskedDropoutMLP trained a few epochs on 8x8 digits (Adam, batch 64); returns (model, x, y)."""
     from lightning_vi.data.digits import load_digits_tensors
 
     torch.manual_seed(seed)
     data = load_digits_tensors(8)
     x, y = data["x"], data["y"]
-    model = MaskedDropoutMLP(64, hidden, 10, p)
+    model = MaskedDropoutMLP(64, hidden, 10, p, act=act)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(epochs):
