@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--out", help="output folder (default: the callback's `out`, else <default_root_dir>/laf)")
     ap.add_argument("--forget-class", type=int, help="override the callback's forget_class")
     a = ap.parse_args(argv)
-    cli = build_cli(["fit", "--config", a.config, "--trainer.logger", "false"], run=False)
+    cli = build_cli(["--config", a.config, "--trainer.logger", "false"], run=False)
     cb = next((c for c in cli.trainer.callbacks if isinstance(c, LabelAgnosticForgetting)), None)
     if cb is None:
         raise ValueError(f"{a.config} has no LabelAgnosticForgetting callback under trainer.callbacks; add "
