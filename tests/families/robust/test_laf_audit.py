@@ -2,7 +2,7 @@
 
 Oracles: the audit's accuracies against an independent count; LAF on a family classifier forgets (forget-class test
 accuracy <= chance + 0.1) and keeps the rest (remain accuracy within 5 points), seeds 0-2; an overfit classifier
-(10% of the digits, 300 epochs, no weight decay) is caught by the loss-threshold membership attack (AUC >= 0.6 on
+(10% of the digits, 75 epochs of batch 16, no weight decay) is caught by the loss-threshold membership attack (AUC >= 0.6 on
 its training examples of digit 8 vs test ones), so the MIA oracle discriminates.
 """
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = ROOT / "configs" / "robust" / "laf.yaml"
 
 
-def train_classifier(seed: int, fraction: float, epochs: int):
+def train_classifier(seed: int, fraction: float, epochs: int, batch_size: int = 64):
     """A family ``classifier`` (MLP 64-256-64 + linear head) trained by a plain loop on the digits' train split;
     ``fraction``: the val and the test fraction each."""
     dm = DigitsDataModule(val_fraction=fraction, test_fraction=fraction, seed=seed)
@@ -40,7 +40,7 @@ def train_classifier(seed: int, fraction: float, epochs: int):
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for i in torch.randperm(len(tr["y"]), generator=g).split(64):
+        for i in torch.randperm(len(tr["y"]), generator=g).split(batch_size):
             opt.zero_grad()
             F.cross_entropy(m(tr["x"][i]), tr["y"][i]).backward()
             opt.step()
@@ -67,11 +67,11 @@ def test_laf_on_a_classifier_family_model(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mia_catches_an_overfit_classifier(seed):
-    # the setting of configs/robust/laf.yaml: 179 training examples, 300 epochs, no weight decay
-    m, (xtr, ytr), (xte, yte) = train_classifier(seed, 0.45, 300)
+    # the setting of configs/robust/laf.yaml: 179 training examples, 75 epochs of batch 16, no weight decay
+    m, (xtr, ytr), (xte, yte) = train_classifier(seed, 0.45, 75, batch_size=16)
     fm, tf = ytr == 8, yte == 8
     auc = membership_inference_auc(m, xtr[fm], ytr[fm], xte[tf], yte[tf])
-    assert auc >= 0.6, auc  # measured 0.678 / 0.834 / 0.750
+    assert auc >= 0.6, auc  # measured 0.681 / 0.821 / 0.722
     assert membership_inference_auc(m, xte[tf], yte[tf], xtr[fm], ytr[fm]) == pytest.approx(1 - auc)
 
 
