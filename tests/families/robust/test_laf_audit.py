@@ -59,8 +59,8 @@ def test_laf_on_a_classifier_family_model(seed):
     assert met["after"]["remain_acc"] == pytest.approx(float((pred1[~f] == yte[~f]).float().mean()))
     assert met["n_forget_train"] == int((ytr == 0).sum()) and met["n_forget_test"] == int(f.sum())
     assert met["before"]["forget_acc"] > 0.9
-    assert met["after"]["forget_acc"] <= 0.1 + 0.1  # measured 0.000 / 0.000 / 0.000
-    assert met["after"]["remain_acc"] >= met["before"]["remain_acc"] - 0.05  # measured drops 0.4 / 1.4 / 1.6 pts
+    assert met["after"]["forget_acc"] <= 0.1 + 0.1  # measured 0.000 / 0.000 / 0.000 (original 1.000 on seeds 0-2)
+    assert met["after"]["remain_acc"] >= met["before"]["remain_acc"] - 0.05  # measured 0.976->0.943, 0.976->0.931, 0.968->0.923 (tight: 4.5 pts on seeds 1, 2)
     assert type(new) is Classifier and not torch.equal(new.backbone.net[0].weight, m.backbone.net[0].weight)
     torch.testing.assert_close(new.head.weight, m.head.weight)  # LAF keeps the head frozen
 
