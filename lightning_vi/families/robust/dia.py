@@ -13,7 +13,8 @@ Geiping et al. 2020):  ``L(x', m') = 1 - cos(g(x', m'), g) + tv * TV(x') [+ mask
 
 The label comes from the last layer's gradient (iDLG, Zhao et al. 2020) unless given.
 
-Run ``python -m lightning_vi.families.robust.dia --out DIR`` for the audit on scikit-learn digits.
+Run ``python -m lightning_vi.families.robust.dia --config configs/robust/dia.yml --out DIR`` for the audit on
+scikit-learn digits (a ReLU MLP, where only the active units' masks show in the gradient: :func:`visible_units`).
 """
 
 from __future__ import annotations

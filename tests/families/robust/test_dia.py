@@ -1,4 +1,6 @@
-"""P32 Dropout Inversion Attack: joint input+mask optimisation beats the mask-agnostic baseline on a dropout MLP."""
+"""P32 Dropout Inversion Attack: joint input+mask optimisation beats the mask-agnostic baseline on a dropout MLP;
+on a ReLU MLP it recovers the visible units' masks, and needs the [0, 1] mask clip (and the keep-rate penalty for the
+invisible ones)."""
 
 from __future__ import annotations
 
