@@ -13,7 +13,8 @@ Geiping et al. 2020):  ``L(x', m') = 1 - cos(g(x', m'), g) + tv * TV(x') [+ mask
 
 The label comes from the last layer's gradient (iDLG, Zhao et al. 2020) unless given.
 
-Run ``python -m lightning_vi.families.robust.dia --out DIR`` for the audit on scikit-learn digits.
+Run ``python -m lightning_vi.families.robust.dia --config configs/robust/dia.yml --out DIR`` for the audit on
+scikit-learn digits (a ReLU MLP, where only the active units' masks show in the gradient: :func:`visible_units`).
 """
 
 from __future__ import annotations
@@ -60,17 +61,25 @@ class MaskedDropout(nn.Module):
         return f"p={self.p}"
 
 
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
+
+
 class MaskedDropoutMLP(nn.Module):
-    """``Linear -> sigmoid -> MaskedDropout`` blocks and a linear head (sigmoid as in DLG/iDLG: activations
-    are positive, so every unit's mask shows in the gradient and the iDLG label rule holds)."""
+    """``Linear -> act -> MaskedDropout`` blocks and a linear head.
+
+    ``act="sigmoid"`` (as in DLG/iDLG): activations are positive, so every unit's mask shows in the gradient.
+    ``act="relu"``: a unit whose pre-activation is negative outputs 0, so its mask never shows in the gradient
+    (unidentifiable); the iDLG label rule still holds (features >= 0)."""
 
     def __init__(self, in_features: int = 64, hidden: Sequence[int] = (64, 64), num_classes: int = 10,
-                 p: float = 0.5) -> None:
+                 p: float = 0.5, act: str = "sigmoid") -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act={act!r} is unknown; allowed: {', '.join(ACTIVATIONS)}")
         layers: list[nn.Module] = [nn.Flatten()]
         d = in_features
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.Sigmoid(), MaskedDropout(p)]
+            layers += [nn.Linear(d, h), ACTIVATIONS[act](), MaskedDropout(p)]
             d = h
         layers.append(nn.Linear(d, num_classes))
         self.net = nn.Sequential(*layers)
@@ -115,7 +124,8 @@ def _cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Sequence[int], *,
                       attack: str = "dia", label: int | Tensor | None = None, steps: int = 2000,
                       lr: float = 0.1, tv: float = 1e-4, mask_weight: float = 1.0,
-                      value_range: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> dict:
+                      value_range: tuple[float, float] = (0.0, 1.0), clip_masks: bool = True,
+                      seed: int = 0) -> dict:
     """Reconstruct the one example whose gradient ``grad`` (one tensor per trainable parameter, in
     ``model.parameters()`` order) was shared.
 
@@ -127,6 +137,7 @@ def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Seq
         label: the true class, or None to infer it from ``grad`` (iDLG).
         steps, lr: Adam steps and learning rate; ``tv``: total-variation weight; ``mask_weight``: keep-rate penalty.
         value_range: the input is clipped to this box after each step.
+        clip_masks: clip the relaxed masks to [0, 1] after each step (``False`` only for the ablation).
 
     Returns: ``{"x": reconstruction, "label": int, "masks": list of [features] (dia) or None, "loss": float}``.
     """
@@ -187,7 +198,7 @@ def dropout_inversion(model: nn.Module, grad: Sequence[Tensor], input_shape: Seq
             sched.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-                for mask in masks:
+                for mask in masks if clip_masks else ():
                     mask.clamp_(0.0, 1.0)
     finally:
         for m in layers:
@@ -209,10 +220,32 @@ def client_gradient(model: nn.Module, x: Tensor, y: Tensor, seed: int = 0) -> tu
     return g, masks
 
 
+@torch.no_grad()
+def visible_units(model: nn.Module, x: Tensor, masks: Sequence[Tensor]) -> list[Tensor]:
+    """Per dropout layer, the units whose input is non-zero in the client's forward pass (with its ``masks``):
+    only their masks show in the gradient. With sigmoid all units are visible; with ReLU the inactive ones are not
+    (their mask multiplies 0), so no attack can recover those masks."""
+    layers = dropout_layers(model)
+    seen: list[Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0] != 0).reshape(i[0].shape[1:])))
+             for m in layers]
+    for m, mask in zip(layers, masks):
+        m.forced_mask = mask
+    try:
+        model(x)
+    finally:
+        for m in layers:
+            m.forced_mask = None
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 def attack_result_metrics(x_rec: Tensor, x_true: Tensor, masks: list[Tensor] | None = None,
-                          true_masks: list[Tensor] | None = None) -> dict:
+                          true_masks: list[Tensor] | None = None, visible: list[Tensor] | None = None) -> dict:
     """MSE, PSNR, SSIM (``lightning_vi.metrics.restoration``) and, for DIA, the fraction of units whose mask
-    thresholded at 0.5 equals the true mask."""
+    thresholded at 0.5 equals the true mask (``mask_agreement``) and the same on the ``visible`` units only
+    (``mask_agreement_visible``, see :func:`visible_units`)."""
     from lightning_vi.metrics.restoration import psnr, ssim
 
     img_rec, img_true = x_rec.reshape(1, 1, *x_true.shape[-2:]), x_true.reshape(1, 1, *x_true.shape[-2:])
@@ -221,17 +254,21 @@ def attack_result_metrics(x_rec: Tensor, x_true: Tensor, masks: list[Tensor] | N
     if masks is not None and true_masks is not None:
         agree = torch.cat([((m > 0.5).float() == t).float().reshape(-1) for m, t in zip(masks, true_masks)])
         out["mask_agreement"] = float(agree.mean())
+        if visible is not None:
+            vis = torch.cat([v.reshape(-1) for v in visible])
+            out["mask_agreement_visible"] = float(agree[vis].mean()) if bool(vis.any()) else float("nan")
     return out
 
 
-def train_digits_mlp(p: float = 0.5, hidden: Sequence[int] = (64, 64), epochs: int = 3, seed: int = 0):
+def train_digits_mlp(p: float = 0.5, hidden: Sequence[int] = (64, 64), epochs: int = 3, seed: int = 0,
+                     act: str = "sigmoid"):
     """A MaskedDropoutMLP trained a few epochs on 8x8 digits (Adam, batch 64); returns (model, x, y)."""
     from lightning_vi.data.digits import load_digits_tensors
 
     torch.manual_seed(seed)
     data = load_digits_tensors(8)
     x, y = data["x"], data["y"]
-    model = MaskedDropoutMLP(64, hidden, 10, p)
+    model = MaskedDropoutMLP(64, hidden, 10, p, act=act)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(epochs):
@@ -260,38 +297,71 @@ def _save_grid(path: Path, rows: list[Tensor], titles: list[str]) -> None:
     plt.close(fig)
 
 
+OPTIONS = {"n": 8, "p": 0.5, "act": "sigmoid", "hidden": [64, 64], "epochs": 3, "steps": 2000, "lr": 0.1,
+           "tv": 1e-4, "mask_weight": 1.0, "clip_masks": True, "seed": 0}
+
+
+def _read_config(path: str) -> dict:
+    import yaml
+
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: the config must be a mapping of options; allowed keys: {', '.join(OPTIONS)}")
+    unknown = sorted(set(cfg) - set(OPTIONS) - {"out"})
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; allowed: out, {', '.join(OPTIONS)}")
+    return cfg
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Audit: train a dropout MLP on digits, attack N examples with baseline and DIA, write npz/png/json."""
+    """Audit: train a dropout MLP on digits, attack N examples with baseline and DIA, write npz/png/json.
+    Options come from --config YAML (configs/robust/dia.yml) and the flags, the flags winning."""
     import numpy as np
 
     ap = argparse.ArgumentParser(prog="python -m lightning_vi.families.robust.dia", description=main.__doc__)
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n", type=int, default=8, help="number of examples to attack")
-    ap.add_argument("--p", type=float, default=0.5, help="dropout rate")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", help="YAML file with any of the options below (keys as the flags, '_' for '-')")
+    ap.add_argument("--out", help="output directory (required here or in the config)")
+    ap.add_argument("--n", type=int, help="number of examples to attack")
+    ap.add_argument("--p", type=float, help="dropout rate")
+    ap.add_argument("--act", choices=sorted(ACTIVATIONS), help="hidden activation of the MLP")
+    ap.add_argument("--hidden", type=int, nargs="+", help="hidden widths of the MLP")
+    ap.add_argument("--epochs", type=int, help="training epochs of the client model")
+    ap.add_argument("--steps", type=int, help="Adam steps of each attack")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--tv", type=float, help="total-variation weight")
+    ap.add_argument("--mask-weight", type=float, help="DIA keep-rate penalty weight")
+    ap.add_argument("--clip-masks", type=lambda v: {"true": True, "false": False}[v.lower()],
+                    help="true/false: clip DIA's masks to [0, 1]")
+    ap.add_argument("--seed", type=int)
     a = ap.parse_args(argv)
-    out = Path(a.out)
+    given = {k: v for k, v in vars(a).items() if v is not None and k != "config"}
+    opts = {**OPTIONS, **(_read_config(a.config) if a.config else {}), **given}
+    if not opts.get("out"):
+        raise ValueError("no output directory: give --out DIR (or `out:` in the config)")
+    o = argparse.Namespace(**opts)
+    out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, xs, ys = train_digits_mlp(a.p, epochs=a.epochs, seed=a.seed)
-    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(a.seed + 1))[: a.n]
+    model, xs, ys = train_digits_mlp(o.p, hidden=tuple(o.hidden), epochs=o.epochs, seed=o.seed, act=o.act)
+    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(o.seed + 1))[: o.n]
     recs: dict[str, list[Tensor]] = {"baseline": [], "dia": []}
     per: list[dict] = []
     for k, i in enumerate(idx.tolist()):
         x, y = xs[i : i + 1], ys[i : i + 1]
-        g, true_masks = client_gradient(model, x, y, seed=a.seed * 1000 + k)
-        row = {"index": i, "label": int(y)}
+        g, true_masks = client_gradient(model, x, y, seed=o.seed * 1000 + k)
+        visible = visible_units(model, x, true_masks)
+        row = {"index": i, "label": int(y), "visible_fraction": float(torch.cat(visible).float().mean())}
         for att in ATTACKS:
-            r = dropout_inversion(model, g, x.shape, attack=att, steps=a.steps, seed=a.seed + k)
+            r = dropout_inversion(model, g, x.shape, attack=att, steps=o.steps, lr=o.lr, tv=o.tv,
+                                  mask_weight=o.mask_weight, clip_masks=o.clip_masks, seed=o.seed + k)
             recs[att].append(r["x"])
-            row[att] = {"label_inferred": r["label"], **attack_result_metrics(r["x"], x, r["masks"], true_masks)}
+            row[att] = {"label_inferred": r["label"],
+                        **attack_result_metrics(r["x"], x, r["masks"], true_masks, visible)}
         per.append(row)
     summary = {att: {key: float(np.mean([row[att][key] for row in per])) for key in per[0][att]
                      if key != "label_inferred"} for att in ATTACKS}
-    result = {"config": vars(a), "summary": summary, "examples": per}
-    truth = xs[idx].reshape(a.n, 64)
-    rec = {att: torch.cat(v).reshape(a.n, 64) for att, v in recs.items()}
+    result = {"config": opts, "summary": summary, "examples": per}
+    truth = xs[idx].reshape(o.n, 64)
+    rec = {att: torch.cat(v).reshape(o.n, 64) for att, v in recs.items()}
     np.savez(out / "reconstructions.npz", truth=truth.numpy(), labels=ys[idx].numpy(),
              **{att: v.numpy() for att, v in rec.items()})
     _save_grid(out / "reconstructions.png", [truth, rec["baseline"], rec["dia"]], ["truth", "baseline", "DIA"])
