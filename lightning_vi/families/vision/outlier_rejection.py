@@ -96,7 +96,7 @@ class VariationalOutlierRejection(VIModule):
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 3, variational: bool = True, kl_weight: float = 0.1,
-                 sigma_d: float = 0.1, inlier_threshold: float = 0.05, num_seeds: int = 32, consensus: int = 24,
+                 sigma_d: float = 0.1, inlier_threshold: float = 0.05, num_seeds: int = 64, consensus: int = 24,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_range("hidden_dim", hidden_dim, 1)
