@@ -1,0 +1,39 @@
+"""Source of notebooks/vision.ipynb (regenerate: python notebooks/src/build.py vision)."""
+
+CELLS = [
+    ("markdown", """
+# Vision family: variational outlier rejection for 3D registration (P14)
+
+`outlier_rejection` (Jiang et al. 2023) classifies putative correspondences as inliers with a non-local network
+whose query/key/value features are latent (prior, label-conditioned posterior, ELBO), then finds the rigid motion
+by a voting search over seed hypotheses and a weighted Kabsch solve. The data are synthetic: a random rotation
+and translation, noisy inliers and wrong matches, with the ground truth kept.
+"""),
+    ("code", """
+import torch
+from lightning_vi.data.correspondences import make_correspondences
+from lightning_vi.families.vision import VariationalOutlierRejection, ransac, registration_metrics
+torch.manual_seed(0); torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+model = VariationalOutlierRejection(hidden_dim=32, num_layers=2)
+opt = torch.optim.Adam(model.parameters(), 3e-3)
+for step in range(150):                      # a short run; the tests train 600 steps
+    out = model.objective(make_correspondences(8, 128, (0.5, 0.95), g))
+    loss = sum(w * out[k] for k, w in model.term_weights.items() if k in out)
+    opt.zero_grad(); loss.backward(); opt.step()
+model.eval()
+"""),
+    ("markdown", """
+At 70% outliers the pipeline recovers the motion to a fraction of a degree; RANSAC given about the same
+wall time (~120 hypotheses here) fails more often as the outlier ratio grows.
+"""),
+    ("code", """
+for ratio in (0.7, 0.9):
+    b = make_correspondences(32, 128, ratio, torch.Generator().manual_seed(1))
+    ours = registration_metrics(model.register(b['p'], b['q']), b)
+    r, t, m = ransac(b['p'], b['q'], 120, 0.05, torch.Generator().manual_seed(0))
+    theirs = registration_metrics({'R': r, 't': t, 'inliers': m}, b)
+    print(f"outliers {ratio:.0%}: ours RE {ours['rotation_error']:.2f} deg, TE {ours['translation_error']:.3f}, "
+          f"recall {ours['recall_registration']:.2f} | RANSAC-120 recall {theirs['recall_registration']:.2f}")
+"""),
+]
