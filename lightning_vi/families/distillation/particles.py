@@ -4,12 +4,12 @@ are the rendered samples themselves): SDS, VSD and ESD as one family, ``score_di
 Each step draws ``t ~ U[t_min T, t_max T]`` and ``eps ~ N(0, I)``, noises every particle,
 ``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps``, and gives particle ``x`` the gradient
 
-- ``sds`` (Poole et al. 2022, DreamFusion Eq. 3; ProlificDreamer Eq. 2): ``w(t) (eps_teacher(x_t, t) - eps)``.
-- ``vsd`` (Wang et al. 2023, ProlificDreamer Eq. 9 / Alg. 1): ``w(t) (eps_teacher(x_t, t) - eps_phi(x_t, t))``,
+- ``sds`` (Poole et al. 2022, DreamFusion Eq. 3): ``w(t) (eps_teacher(x_t, t) - eps)``.
+- ``vsd`` (Wang et al. 2023, ProlificDreamer Sec. 4, Alg. 1): ``w(t) (eps_teacher(x_t, t) - eps_phi(x_t, t))``,
   with ``eps_phi`` a small score network of the *current* particles, trained alternately by denoising
-  score matching (Eq. 10: ``||eps_phi(x_t, t) - eps||^2`` on the particles, detached).
+  score matching (``||eps_phi(x_t, t) - eps||^2`` on the particles, detached; the LoRA loss of Alg. 1).
 - ``esd`` (Wang et al. 2024, "Taming Mode Collapse in Score Distillation for Text-to-3D Generation",
-  Eq. 9-10, the classifier-free-guidance form): the fake score is conditional on the particle's view
+  the classifier-free-guidance form of its gradient): the fake score is conditional on the particle's view
   ``c`` and combined as ``eps_phi(x_t, t, none) + lambda (eps_phi(x_t, t, c) - eps_phi(x_t, t, none))``;
   ``eps_phi`` is trained with ``c`` dropped to "none" with probability ``p_uncond``. In text-to-3D, ``c``
   is the camera and one object renders one image per view; here each particle is one view
@@ -82,8 +82,9 @@ class ScoreMLP(nn.Module):
 
 
 def knn_entropy(x: Tensor, k: int = 3) -> Tensor:
-    """Kozachenko-Leonenko entropy estimate (nats) of the points ``x`` ``[N, d]`` (Kraskov et al. 2004, Eq. 20):
-    ``psi(N) - psi(k) + log V_d + d mean_i log r_i``, ``r_i`` the distance to the k-th neighbour, ``V_d`` the unit ball."""
+    """Kozachenko-Leonenko entropy estimate (nats) of the points ``x`` ``[N, d]`` (Kozachenko & Leonenko
+    1987; Kraskov et al. 2004): ``psi(N) - psi(k) + log V_d + d mean_i log r_i``, with ``r_i`` the distance
+    to the k-th neighbour and ``V_d`` the volume of the unit ball."""
     x = x.flatten(1).double()
     n, d = x.shape
     if n <= k:
@@ -311,7 +312,7 @@ class ScoreDistillation(FrozenProducers, VIModule):
             return self.weight(a) * (self.teacher_eps(x_t, t) - self.fake_eps(x_t, t, eps))
 
     def dsm_loss(self, x: Tensor) -> Tensor:
-        """Denoising score matching of ``eps_phi`` on the (detached) particles (ProlificDreamer Eq. 10),
+        """Denoising score matching of ``eps_phi`` on the (detached) particles (ProlificDreamer Alg. 1),
         ``t ~ U[0, T)``; ESD drops the view to "none" with probability ``p_uncond``."""
         t = torch.randint(0, self.teacher.num_timesteps, (x.shape[0],), device=x.device)
         eps = torch.randn_like(x)
