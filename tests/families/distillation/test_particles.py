@@ -67,6 +67,9 @@ def results():
 def test_sds_collapses(results, seed):
     r = results["sds", seed]
     assert r["covered"] <= 2, r
+    # collapsed, not diverged: far less spread than the data (8 separated modes: log 8 + log(2 pi e std^2))
+    data_entropy = math.log(8) + math.log(2 * math.pi * math.e * RING["std"] ** 2)
+    assert r["entropy"] < data_entropy - 1.0, r
 
 
 @pytest.mark.parametrize("seed", SEEDS)
