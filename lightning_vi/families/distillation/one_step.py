@@ -403,6 +403,10 @@ class OneStepDistiller(VIModule):
         opt_gen, opt_critic = self.optimizers()
         terms = self.distill_step(z, y, opt_gen, opt_critic)
         self._accumulate_train_terms(terms, z.shape[0])
+        # The optimizers have stepped (global_step moved by 1 + fake_updates), so publish on the batch index.
+        trainer = self.trainer
+        if batch_idx % max(trainer.log_every_n_steps, 1) == 0 or trainer.is_last_batch:
+            self._publish({f"train/{k}": v for k, v in terms.items()}, prog_bar=("train/loss",))
 
     def objective(self, batch: Any) -> dict[str, Tensor]:
         """Validation terms without updates: the critics' losses, the surrogate, and, for an analytic
