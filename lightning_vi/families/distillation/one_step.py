@@ -64,6 +64,7 @@ __all__ = ["WEIGHTINGS", "f_weight", "normalise_weights", "OneStepGenerator", "N
            "OneStepDistiller", "FDistill", "SNOOPI", "NoiseDataModule"]
 
 WEIGHTINGS = ("reverse_kl", "forward_kl", "js")
+TIME_WEIGHTINGS = ("dmd", "vsd")
 
 
 def f_weight(weighting: str, log_ratio: Tensor) -> Tensor:
@@ -150,6 +151,8 @@ class OneStepDistiller(VIModule):
         p_uncond: condition dropout of the fake score (conditional students).
         max_log_ratio: ``log r`` is clipped to ``[-max_log_ratio, max_log_ratio]`` before ``h``.
         normalise: divide ``h`` by its batch mean (f-distill); False only for ablations.
+        time_weighting: ``dmd`` (``w = 1 / mean|x - x0_teacher|``, DMD Eq. 8) or ``vsd`` (``w(t) = 1 - abar_t``
+            on ``eps_teacher - eps_fake``, ProlificDreamer / SwiftBrush, without the per-sample normaliser).
         teacher_pool: 0 = draw the discriminator's teacher samples afresh each step (analytic teachers);
             N > 0 = draw N samples once with the teacher's sampler and reuse them (checkpoint teachers).
         lr: generator learning rate. fake_lr: fake score and discriminator (default ``lr``).
@@ -181,6 +184,7 @@ class OneStepDistiller(VIModule):
         p_uncond: float = 0.1,
         max_log_ratio: float = 5.0,
         normalise: bool = True,
+        time_weighting: str = "dmd",
         teacher_pool: int = 0,
         lr: float = 1e-3,
         fake_lr: float | None = None,
@@ -190,6 +194,7 @@ class OneStepDistiller(VIModule):
     ) -> None:
         super().__init__(plugins=plugins, lr=lr, **kwargs)
         check_choice("weighting", weighting, WEIGHTINGS)
+        check_choice("time_weighting", time_weighting, TIME_WEIGHTINGS)
         low, high = self._check_range(guidance_range)
         check_range("fake_updates", fake_updates, 1)
         check_range("t_min", t_min, 0.0, 1.0)
@@ -334,8 +339,11 @@ class OneStepDistiller(VIModule):
             sa, sb = a.sqrt(), (1 - a).sqrt()
             x0_teacher = (x_t - sb * eps_t) / sa
             dims = tuple(range(1, x.ndim))
-            w = 1.0 / (x - x0_teacher).abs().mean(dims, keepdim=True).clamp_min(1e-4)  # DMD Eq. 8
-            grad = w * (sb / sa) * (eps_t - eps_f)                                    # = w (x0_fake - x0_teacher)
+            if self.hparams.time_weighting == "dmd":
+                w = 1.0 / (x - x0_teacher).abs().mean(dims, keepdim=True).clamp_min(1e-4)  # DMD Eq. 8
+                grad = w * (sb / sa) * (eps_t - eps_f)                                    # = w (x0_fake - x0_teacher)
+            else:  # VSD / SwiftBrush: w(t) (eps_teacher - eps_fake) with w(t) = 1 - abar_t
+                grad = (1 - a) * (eps_t - eps_f)
             diag = {"guidance_scale": torch.tensor(float(s), device=x.device)}
             if self.uses_ratio:
                 h = f_weight(self.hparams.weighting, self.log_ratio(x_t, t, y))
