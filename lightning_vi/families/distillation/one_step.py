@@ -136,8 +136,9 @@ class OneStepDistiller(VIModule):
         teacher_args: arguments of the analytic teacher (``{radius: 2, std: 0.1}``) or ``{schedule: ...}``.
         teacher_config: the checkpoint teacher's spec, written at the first build (the teacher's file is then
             not read again).
-        weighting: f-divergence, one of ``reverse_kl``, ``forward_kl``, ``js`` (``reverse_kl`` needs no
-            discriminator).
+        weighting: f-divergence, one of ``reverse_kl``, ``forward_kl``, ``js``.
+        train_discriminator: default True: the discriminator is trained for all three weightings, so that one
+            seed gives one random stream and runs differ in ``h`` alone; False (``reverse_kl`` only) skips it.
         guidance_range: ``[low, high]``: the classifier-free guidance scale of teacher and fake score is
             drawn from ``U[low, high]`` each step (``low == high``: a fixed scale; ``[1, 1]``: no guidance).
         conditional: train a class-conditional student (the teacher must be conditional); default: when
@@ -184,6 +185,7 @@ class OneStepDistiller(VIModule):
         p_uncond: float = 0.1,
         max_log_ratio: float = 5.0,
         normalise: bool = True,
+        train_discriminator: bool | None = None,
         time_weighting: str = "dmd",
         teacher_pool: int = 0,
         lr: float = 1e-3,
@@ -227,7 +229,12 @@ class OneStepDistiller(VIModule):
         nc = self.num_classes
         self.generator = OneStepGenerator(self.data_shape, self.latent_dim, hidden, depth, nc)
         self.fake = build_denoiser(fake_architecture, self.data_shape, fake_hidden, fake_depth, list(fake_channels), nc)
-        self.uses_ratio = weighting != "reverse_kl"
+        # By default the discriminator is trained for every weighting (for reverse_kl only as a diagnostic,
+        # h = 1), so that runs of one seed differ in h alone (a controlled comparison of the divergences).
+        self.uses_ratio = True if train_discriminator is None else bool(train_discriminator)
+        if weighting != "reverse_kl" and not self.uses_ratio:
+            raise ValueError(f"weighting={weighting!r} needs the density ratio; set train_discriminator=True "
+                             "(train_discriminator=False is allowed with weighting='reverse_kl' only)")
         self.discriminator = NoisyDiscriminator(self.data_shape, disc_hidden, disc_depth, nc) if self.uses_ratio else None
         self.automatic_optimization = False
         self.term_weights = {"distill": 1.0}
@@ -345,7 +352,7 @@ class OneStepDistiller(VIModule):
             else:  # VSD / SwiftBrush: w(t) (eps_teacher - eps_fake) with w(t) = 1 - abar_t
                 grad = (1 - a) * (eps_t - eps_f)
             diag = {"guidance_scale": torch.tensor(float(s), device=x.device)}
-            if self.uses_ratio:
+            if self.uses_ratio and self.hparams.weighting != "reverse_kl":
                 h = f_weight(self.hparams.weighting, self.log_ratio(x_t, t, y))
                 if self.hparams.normalise:
                     h = normalise_weights(h)
@@ -485,6 +492,8 @@ class SNOOPI(OneStepDistiller):
 
     def __init__(self, teacher: str = "ring", guidance_range: Sequence[float] = (2.0, 5.0), **kwargs: Any) -> None:
         kwargs.setdefault("conditional", True)
+        if kwargs.get("weighting", "reverse_kl") == "reverse_kl":
+            kwargs.setdefault("train_discriminator", False)  # VSD: h = 1, no density ratio needed
         super().__init__(teacher=teacher, guidance_range=guidance_range, **kwargs)
 
 
