@@ -110,6 +110,11 @@ def test_registered_and_lightning_fit_runs(tmp_path):
     for k in ("train/loss", "train/fake_dsm", "train/disc", "val/teacher_nll"):
         assert k in logged and bool(torch.isfinite(logged[k])), sorted(logged)
     assert m.sample(5).shape == (5, 2)
+    path = tmp_path / "student.ckpt"
+    trainer.save_checkpoint(path)
+    back = FDistill.load_from_checkpoint(path)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert back.hparams.weighting == "forward_kl" and torch.equal(back.sample(7, g()), m.sample(7, g()))
 
 
 # -- bad input ---------------------------------------------------------------------------------------
