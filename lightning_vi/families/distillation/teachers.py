@@ -55,7 +55,8 @@ from lightning_vi.families.diffusion.schedules import NoiseSchedule
 
 TEACHER_FAMILIES = ("ddpm", "flow_matching")
 ANALYTIC = ("ring", "mixture")
-MAKE_TEACHER = "lvi fit --config configs/diffusion/ddpm_toy.yaml (or configs/diffusion/flow_matching_toy.yaml)"
+MAKE_TEACHER = ("lvi fit --config configs/diffusion/flow_matching_toy.yaml (a flow_matching teacher on the 8-Gaussian ring; "
+                "configs/diffusion/ddpm_toy.yaml makes a ddpm one)")
 
 
 def _schedule(schedule: NoiseSchedule | dict | None) -> NoiseSchedule:
