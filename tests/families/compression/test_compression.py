@@ -159,7 +159,6 @@ def test_bitstream_decodes_to_the_quantised_latents_and_matches_the_estimate(tra
         assert torch.equal(y_hat, model.quantized_latents(x))
         assert torch.allclose(x_hat, model(x), atol=1e-6)
         bpp_file, bpp_est = 8 * len(data) / pixels, model.estimated_bits(x) / pixels
-        print(model.prior_kind, "bpp file", bpp_file, "estimate", bpp_est, "payload", 8 * (len(data) - 16) / pixels)
         assert abs(bpp_file / bpp_est - 1) < 0.02, (model.prior_kind, bpp_file, bpp_est)
         assert bpp_file > bpp_est  # the header and the coder's flush cost a little, never less than the model
 
@@ -169,7 +168,6 @@ def test_mvgm_prior_needs_fewer_bits_than_factorized_at_equal_psnr(trained):
     for seed, (fact, mvgm) in models.items():
         assert torch.equal(fact(x), mvgm(x))  # same transforms: same reconstructions, same PSNR
         b_fact, b_mvgm = fact.estimated_bits(x), mvgm.estimated_bits(x)
-        print("seed", seed, "mvgm/factorized bits", b_mvgm / b_fact, "psnr", float(-10 * torch.log10(((fact(x) - x) ** 2).mean())))
         assert b_mvgm < 0.9 * b_fact, (seed, b_mvgm / b_fact)
     data_f, data_m = models[0][0].compress(x), models[0][1].compress(x)
     assert len(data_m) < 0.9 * len(data_f)  # and in the files
@@ -202,6 +200,15 @@ def test_wrong_image_shape_is_refused():
 def test_unknown_prior_is_refused():
     with pytest.raises(ValueError, match=r"prior='gmm' is not allowed; choose one of \['mvgm', 'factorized'\]"):
         CompressionVAE(prior="gmm")
+
+
+def test_coding_without_constriction_names_the_install_command(monkeypatch):
+    import sys
+
+    model = CompressionVAE()
+    monkeypatch.setitem(sys.modules, "constriction", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"needs constriction: pip install 'lightning-vi\[compression\]'"):
+        model.compress(torch.rand(2, 1, 8, 8))
 
 
 # -- Lightning and the command line --------------------------------------------------------------
