@@ -30,8 +30,10 @@ from lightning_vi.registry import FAMILIES
 
 @FAMILIES.register("compression_vae")
 class CompressionVAE(VIModule):
-    """Learned image compression: analysis/synthesis transforms, uniform-noise quantisation, R + lambda D,
-    and a range-coded bitstream (constriction) under an MV-GMM (``prior="mvgm"``) or factorized prior.
+    """Learned image compression (P44): MV-GMM or factorized prior, R + lambda D, range-coded bitstreams.
+
+    Analysis/synthesis transforms, uniform-noise quantisation in training and rounding at test, and a
+    constriction range coder under a vectorized MV-GMM (``prior="mvgm"``) or a factorized prior.
 
     Args:
         input_shape: ``[C, H, W]`` of one image, pixels in ``[0, 1]``.
