@@ -162,7 +162,7 @@ class Registry:
 
 
 #: Optional import name -> the ``lightning-vi`` extra that installs it.
-EXTRAS = {"torchsde": "sequence", "torchvision": "vision"}
+EXTRAS = {"torchsde": "sequence", "torchvision": "vision", "constriction": "compression"}
 
 
 def missing_requirements(obj: Any) -> list[str]:
