@@ -150,7 +150,9 @@ class D2CVAE(VIModule):
         levels: HPE levels ``L`` (>= 1), from the latent resolution up by factors of 2.
         embed_channels: channels of each HPE level.
         decoder_width: conv width of the HPE decoder (``adaptive``) or of the global-code MLP (``fixed``).
-        num_frequencies: Fourier frequencies ``K`` of the coordinate features (``2^k pi``, ``k < K``).
+        num_frequencies: Fourier frequencies ``K`` of the coordinate features (``2^k pi``, ``k < K``; 0 = the raw
+            coordinates only, the default: the embeddings carry the detail, and frequencies near the grid's
+            Nyquist rate alias between pixel centres). The fixed baseline needs them (``log2(H)`` octaves).
         mlp_hidden: width of the coordinate MLP. mlp_depth: its hidden layers.
         kl_weight: weight (> 0) of the KL term.
         **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
@@ -159,7 +161,7 @@ class D2CVAE(VIModule):
 
     def __init__(self, input_shape: list[int] = (1, 16, 16), latent_channels: int = 4,
                  encoder_channels: list[int] = (32, 64), positional: str = "adaptive", levels: int = 3,
-                 embed_channels: int = 16, decoder_width: int = 64, num_frequencies: int = 4, mlp_hidden: int = 64,
+                 embed_channels: int = 16, decoder_width: int = 32, num_frequencies: int = 0, mlp_hidden: int = 64,
                  mlp_depth: int = 3, kl_weight: float = 1e-3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
@@ -273,11 +275,13 @@ class D2CVAE(VIModule):
         return {"recon": recon, "kl": kl, "psnr": quality, "z": z}
 
 
-def fixed_baseline_kwargs(adaptive: D2CVAE, **overrides: Any) -> dict[str, Any]:
-    """Arguments of the ``positional="fixed"`` baseline with the same encoder and MLP as ``adaptive`` and the
-    global-code width chosen so that its parameter count is the closest to ``adaptive``'s."""
+def fixed_baseline_kwargs(adaptive: D2CVAE, num_frequencies: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """Arguments of the ``positional="fixed"`` baseline with the same encoder and MLP as ``adaptive``, Fourier
+    features of ``num_frequencies`` octaves (default ``log2(H)``: up to the training grid's Nyquist rate) and
+    the global-code width chosen so that its parameter count is the closest to ``adaptive``'s."""
     hp = {k: v for k, v in adaptive.hparams.items() if not k.startswith("_")}
-    hp.update(positional="fixed", **overrides)
+    k = int(math.log2(adaptive.input_shape[-1])) if num_frequencies is None else num_frequencies
+    hp.update(positional="fixed", num_frequencies=k, **overrides)
     target = sum(p.numel() for p in adaptive.parameters())
 
     def size(width: int) -> int:
