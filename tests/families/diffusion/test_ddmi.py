@@ -226,3 +226,21 @@ def test_ddmi_needs_a_d2c_vae_checkpoint(tmp_path):
         DDMI(vae_checkpoint=save_producer(vae, tmp_path / "vae.ckpt"))
     with pytest.raises(ValueError, match="latent_dim=32 does not match"):
         DDMI(vae_checkpoint=save_producer(D2CVAE(**VAE_KW), tmp_path / "d2c.ckpt"), latent_dim=32)
+
+
+def test_ddmi_checkpoint_reloads_without_the_producer_file(tmp_path):
+    from helpers import quiet_trainer
+
+    torch.manual_seed(0)
+    vae_path = tmp_path / "d2c.ckpt"
+    save_producer(D2CVAE(**VAE_KW), vae_path)
+    model = DDMI(vae_checkpoint=str(vae_path), hidden=16, depth=1, sample_steps=3, num_train_timesteps=50)
+    trainer = quiet_trainer(tmp_path)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "ddmi.ckpt")
+    vae_path.unlink()
+    again = DDMI.load_from_checkpoint(tmp_path / "ddmi.ckpt")
+    assert again.hparams.vae_config["family"] == "d2c_vae"
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.allclose(model.eval().sample(3, generator=g(), resolution=24),
+                          again.eval().sample(3, generator=g(), resolution=24), atol=1e-6)
