@@ -141,7 +141,7 @@ def train_ddmi(vae: D2CVAE, path, seed: int, steps: int = 1500) -> DDMI:
     torch.manual_seed(seed)
     model = DDMI(vae_checkpoint=save_producer(vae, path), latent_dim=vae.latent_dim, input_shape=[1, S, S],
                  latent_scale=scale, hidden=256, depth=3, sample_steps=50)
-    return fit(model, x, steps, seed, batch=256, lr=1e-3)
+    return fit(model, x, steps, seed, batch=128, lr=1e-3)
 
 
 def generation_scores(ddmi: DDMI, classifier: nn.Module, seed: int, n: int = 300) -> dict[str, float]:
