@@ -16,13 +16,15 @@ from lightning_vi.families.diffusion.producer import FrozenProducers, build_prod
 from lightning_vi.registry import FAMILIES
 
 
-def producer_vae(consumer: str, vae_checkpoint: str, vae_config: dict | None, input_shape, latent_dim: int | None):
-    """``(frozen VAE, spec)``: rebuilt from ``vae_config`` (a stored spec) or read from ``vae_checkpoint``."""
+def producer_vae(consumer: str, vae_checkpoint: str, vae_config: dict | None, input_shape, latent_dim: int | None,
+                 families: tuple[str, ...] = ("vae",), make: str | None = None):
+    """``(frozen VAE, spec)``: rebuilt from ``vae_config`` (a stored spec) or read from ``vae_checkpoint``
+    (written by one of ``families``; ``make``: the command that writes one, default a ``vae`` config's)."""
     if vae_config:
         return build_producer(vae_config), dict(vae_config)
     shapes = {"input_shape": list(input_shape)} | ({} if latent_dim is None else {"latent_dim": int(latent_dim)})
-    return read_producer(vae_checkpoint, arg="vae_checkpoint", consumer=consumer, families=("vae",),
-                         make=vae_make_command(input_shape, latent_dim), shapes=shapes)
+    return read_producer(vae_checkpoint, arg="vae_checkpoint", consumer=consumer, families=families,
+                         make=make or vae_make_command(input_shape, latent_dim), shapes=shapes)
 
 
 @FAMILIES.register("latent_diffusion")
@@ -38,10 +40,18 @@ class LatentDiffusion(FrozenProducers, DDPM):
     """
 
     producers = ("vae",)
+    #: Families whose checkpoints can be the producer (a subclass such as ``ddmi`` names its own VAE family).
+    producer_families: tuple[str, ...] = ("vae",)
+
+    @staticmethod
+    def producer_make_command(input_shape, latent_dim: int) -> str:
+        """The command that writes a producer checkpoint of this shape (named in the missing-file error)."""
+        return vae_make_command(input_shape, latent_dim)
 
     def __init__(self, vae_checkpoint: str = "", latent_dim: int = 8, latent_scale: float = 1.0,
                  input_shape: list[int] = (1, 8, 8), vae_config: dict | None = None, **kwargs: Any) -> None:
-        vae, spec = producer_vae("latent_diffusion", vae_checkpoint, vae_config, input_shape, latent_dim)
+        vae, spec = producer_vae(FAMILIES.name_of(type(self)) or "latent_diffusion", vae_checkpoint, vae_config, input_shape, latent_dim,
+                                 self.producer_families, self.producer_make_command(input_shape, latent_dim))
         self._latent_dim = int(latent_dim)
         super().__init__(input_shape=input_shape, **kwargs)
         self.save_hyperparameters()
