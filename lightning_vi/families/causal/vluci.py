@@ -66,7 +66,7 @@ def check_units(x: Tensor, t: Tensor, y: Tensor | None = None, x_dim: int | None
 
 @FAMILIES.register("vluci")
 class VLUCI(VIModule):
-    """Doubly variational model of an unobserved confounder (module docstring).
+    """VLUCI (P33): doubly variational inference of an unobserved confounder U (module docstring).
 
     Batches are dicts with ``x`` [B, x_dim], ``t`` [B] (0/1) and ``y`` [B] (other keys are ignored).
 

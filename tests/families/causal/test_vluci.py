@@ -4,9 +4,9 @@ Per seed: 1500 training and 500 test units; VLUCI fit 1500 Adam steps; T-learner
 steps) on ``[X, U_s]`` (10 posterior samples per training unit) and on ``X`` alone; test-unit predictions
 averaged over 50 posterior samples given the unit's factual ``(X, T, Y)``.
 Measured (seeds 0, 1, 2):  PEHE  VLUCI 0.79 0.88 0.68 vs X-only 0.97 1.21 0.91;
-ATE error VLUCI 0.28 0.35 0.19 vs X-only 0.37 0.65 0.33; 90% counterfactual coverage VLUCI 0.886 0.860 0.886
-(X-only 0.82 0.76 0.80). Mutations: U shuffled across units PEHE 2.48 2.30 1.59; intervals without outcome noise
-coverage 0.33 0.28 0.35.
+ATE error VLUCI 0.28 0.35 0.19 vs X-only 0.37 0.65 0.33; 90% counterfactual coverage VLUCI 0.886 0.852 0.880
+(X-only 0.82 0.76 0.80). Mutations: U shuffled across test units PEHE 2.72 2.15 1.55; intervals without outcome
+noise coverage 0.33 0.28 0.35; both KL weights 0: seed 0 PEHE 1.65, coverage 0.26 (both oracles fail).
 """
 
 from __future__ import annotations
