@@ -149,6 +149,10 @@ class VLUCI(VIModule):
         """Posterior mean of ``U`` given the unit's ``(X, T, Y)``."""
         return self.posterior(x, t, y)[0]
 
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """``lvi predict``: the posterior mean of ``U`` per unit (the VIModule default would call ``self(x)``)."""
+        return self(batch["x"].float(), batch["t"].float(), batch["y"].float())
+
     @torch.no_grad()
     def confounder_samples(self, x: Tensor, t: Tensor, y: Tensor, n_samples: int = 20,
                            generator: torch.Generator | None = None) -> Tensor:

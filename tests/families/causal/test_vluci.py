@@ -83,6 +83,7 @@ def test_kl_terms_match_closed_form():
     assert torch.allclose(out["kl_y"], kl_divergence(q2, q1).sum(-1).mean(), atol=1e-5)
     assert m.term_weights["kl_t"] == 1.0 and m.term_weights["kl_y"] == 1.0
     assert tuple(m.confounder_samples(data["x"], data["t"], data["y"], 7).shape) == (7, 64, 2)
+    assert torch.equal(m.predict_step(data, 0), mu2)
 
 
 def test_registered_family():
