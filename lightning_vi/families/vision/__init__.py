@@ -5,3 +5,4 @@ from lightning_vi.families.vision.registration import ransac, rotation_error_deg
 
 __all__ = ["VariationalOutlierRejection", "registration_metrics", "vote", "ransac", "rotation_error_deg",
            "translation_error", "weighted_kabsch"]
+from lightning_vi.families.vision.score_dvi import GaussianMMSEDenoiser, dip_fit, score_dvi  # noqa: E402,F401  (P13)
