@@ -71,3 +71,13 @@ def test_bad_input():
         score_dvi(torch.zeros(2, 1, 16, 16), den, steps=1)
     with pytest.raises(ValueError, match=r"noise_model='laplace' is unknown; allowed: mixture, white"):
         score_dvi(b["noisy"], den, steps=1, noise_model="laplace")
+
+
+def test_command_writes_metrics(tmp_path):
+    from lightning_vi.families.vision.score_dvi import main
+
+    res = main(["--config", "configs/vision/score_dvi.yml", "--out", str(tmp_path), "--steps", "2", "--seeds", "0"])
+    assert (tmp_path / "metrics.json").exists()
+    assert set(res["per_seed"][0]) == {"seed", "noisy", "score_dvi", "white_vi", "dip_best_step"}
+    with pytest.raises(ValueError, match=r"sigma=5\.0 is out of range"):
+        main(["--out", str(tmp_path), "--sigma-guess", "5", "--steps", "1"])
