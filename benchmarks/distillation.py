@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lightning_vi.core.plain_loop import fit_objective
 from lightning_vi.data.digits import load_digits_tensors
 from lightning_vi.families.diffusion.ddpm import DDPM
 from lightning_vi.families.distillation.one_step import SNOOPI
@@ -26,15 +27,7 @@ from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_cla
 
 
 def fit_full_batch(model, batch, steps, lr):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr)
-    model.train()
-    for _ in range(steps):
-        terms = model.objective(batch)
-        loss = sum(terms[k] * w for k, w in model.term_weights.items() if k in terms)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit_objective(model, batch, steps, lr)
 
 
 def timed(fn, n):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_vi.core.plain_loop import fit_objective
 from lightning_vi.data.sprites import render_sprites, sample_factors
 from lightning_vi.families.diffusion.ddmi import D2CVAE, DDMI, check_coords, fixed_baseline_kwargs, pixel_coords, psnr
 
@@ -32,18 +33,7 @@ def fit(model: nn.Module, x: torch.Tensor, steps: int, seed: int, batch: int = B
     """Minibatch Adam over ``model.objective`` (plain PyTorch: Lightning's per-step cost dominates tiny models)."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr)
-    model.train()
-    for _ in range(steps):
-        b = {"x": x[torch.randint(0, len(x), (batch,), generator=g)]}
-        terms = model.objective(b)
-        loss = sum(terms[k] * w for k, w in model.term_weights.items() if k in terms)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if hasattr(model, "update_ema"):
-            model.update_ema()
-    return model.eval()
+    return fit_objective(model, lambda _: {"x": x[torch.randint(0, len(x), (batch,), generator=g)]}, steps, lr)
 
 
 def train_vaes(seed: int, **overrides):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lightning_vi.core.plain_loop import fit_objective
 from lightning_vi.data.correspondences import make_correspondences
 from lightning_vi.families.vision import VariationalOutlierRejection, ransac, registration_metrics
 
@@ -19,15 +20,7 @@ def train(seed: int, steps: int = 600, **kwargs) -> VariationalOutlierRejection:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = VariationalOutlierRejection(hidden_dim=32, num_layers=2, **kwargs)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    model.train()
-    for _ in range(steps):
-        out = model.objective(make_correspondences(8, 128, (0.5, 0.95), g))
-        loss = sum(w * out[k] for k, w in model.term_weights.items() if k in out)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit_objective(model, lambda _: make_correspondences(8, 128, (0.5, 0.95), g), steps, 3e-3)
 
 
 @pytest.fixture(scope="module")
