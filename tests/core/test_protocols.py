@@ -280,8 +280,11 @@ def test_every_config_passes_its_callbacks_capability_checks(path, tmp_path, mon
     checking = [import_object(p) for p in _callback_paths(path) if p.startswith("lightning_vi.")]
     checking = [cls for cls in checking if _checks_at_setup(cls)]
     if not checking:
-        return  # no capability to check (chained configs, whose model loads a producer's checkpoint, are here)
-    assert "# requires:" not in path.read_text(), f"{path}: a chained config with checking callbacks {checking}"
+        return  # no capability to check
+    if "# requires:" in path.read_text():
+        # a chained config's model loads its producer's checkpoint: tests/test_configs.py fits it after a short
+        # producer run (test_config_runs_after_its_producer), and fitting runs every callback's setup check
+        pytest.skip("chained config: its callbacks' checks run in test_config_runs_after_its_producer")
     from lightning_vi.cli import build_cli
 
     monkeypatch.chdir(tmp_path)
