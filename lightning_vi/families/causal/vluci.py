@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,6 @@ from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl
 from lightning_vi.core.module import VIModule
 from lightning_vi.nn.mlp import MLP
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 LOG_2PI = math.log(2 * math.pi)
@@ -76,6 +75,9 @@ class VLUCI(VIModule):
         hidden_dims: MLP hidden widths of every encoder and decoder.
         reconstruct_x: include ``log p(X | U)`` in stage 1 (anchors ``U`` to its proxies in ``X``).
         kl_weight: weight of both KL terms (1 = the two ELBOs).
+        lr: learning rate of the default optimizer (this family's default 3e-3).
+        **kwargs: the other shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -85,11 +87,8 @@ class VLUCI(VIModule):
         hidden_dims: list[int] = (32, 32),
         reconstruct_x: bool = True,
         kl_weight: float = 1.0,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: Any = None,
-        lr_scheduler: Any = None,
         lr: float = 3e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         if confounder_dim < 1:
             raise ValueError(f"confounder_dim={confounder_dim!r}: VLUCI infers an unobserved confounder U, so it "
@@ -97,8 +96,7 @@ class VLUCI(VIModule):
                              "(lightning_vi.families.causal.fit_tlearner)")
         check_range("x_dim", x_dim, 1)
         check_range("kl_weight", kl_weight, 0.0)
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(lr=lr, **kwargs)
         self.save_hyperparameters()
         self.x_dim, self.confounder_dim, self.reconstruct_x = x_dim, confounder_dim, reconstruct_x
         hidden, du = list(hidden_dims), confounder_dim

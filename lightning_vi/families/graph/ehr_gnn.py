@@ -24,7 +24,7 @@ encoder attention averaged over records in which both codes occur) and :meth:`EH
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,6 @@ from lightning_vi.core.checks import check_range
 from lightning_vi.core.distributions import gaussian_kl
 from lightning_vi.core.module import VIModule
 from lightning_vi.nn.mlp import MLP
-from lightning_vi.plugins.base import Plugin
 from lightning_vi.registry import FAMILIES
 
 
@@ -86,6 +85,9 @@ class EHRGNN(VIModule):
         kl_weight: weight of ``KL(q(z_i) || N(0, I))`` (0 = the same network without the KL).
         rec_weight: weight of the co-occurrence reconstruction (0 = prediction only).
         mask_attention: mask attention to the record's present codes (the paper's graph over a record).
+        lr: learning rate of the default optimizer (this family's default 3e-3).
+        **kwargs: the other shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``,
+            ``check_finite``).
     """
 
     def __init__(
@@ -97,11 +99,8 @@ class EHRGNN(VIModule):
         kl_weight: float = 1.0,
         rec_weight: float = 1.0,
         mask_attention: bool = True,
-        plugins: list[Union[Plugin, str, dict]] | None = None,
-        optimizer: Any = None,
-        lr_scheduler: Any = None,
         lr: float = 3e-3,
-        check_finite: bool = True,
+        **kwargs: Any,
     ) -> None:
         check_range("n_codes", n_codes, 2)
         check_range("embed_dim", embed_dim, 1)
@@ -109,8 +108,7 @@ class EHRGNN(VIModule):
         check_range("hidden_dim", hidden_dim, 1)
         check_range("kl_weight", kl_weight, 0.0)
         check_range("rec_weight", rec_weight, 0.0)
-        super().__init__(plugins=plugins, optimizer=optimizer, lr_scheduler=lr_scheduler, lr=lr,
-                         check_finite=check_finite)
+        super().__init__(lr=lr, **kwargs)
         self.save_hyperparameters()
         self.n_codes, self.mask_attention = n_codes, mask_attention
         self.embed = nn.Parameter(torch.randn(n_codes, embed_dim) * 0.5)
