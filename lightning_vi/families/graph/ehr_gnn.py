@@ -55,6 +55,21 @@ def effective_rank(m: Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def record_effective_rank(nodes: Tensor, x: Tensor) -> float:
+    """Mean over records of the :func:`effective_rank` of the record's graph, the ``[n_present, d]`` matrix of
+    the node representations ``nodes`` [B, C, d] of its present codes (``x`` [B, C] multi-hot). Over-smoothing
+    of a graph layer makes a record's node representations alike: the per-record rank drops towards 1 (the
+    singular-value analysis of Zhu & Razavian 2021, here of the encoder's graph-layer node representations)."""
+    present = x > 0.5
+    if nodes.ndim != 3 or nodes.shape[:2] != x.shape:
+        raise ValueError(f"node representations of shape {tuple(nodes.shape)} do not match records {tuple(x.shape)}; "
+                         "expected [B, C, d] with [B, C] the records' shape")
+    ranks = [effective_rank(nodes[i][present[i]]) for i in range(len(x)) if present[i].sum() >= 2]
+    if not ranks:
+        raise ValueError("record_effective_rank needs at least one record with 2 or more codes")
+    return sum(ranks) / len(ranks)
+
+
 class _MaskedAttention(nn.Module):
     """One self-attention layer over the codes of a record, keys masked to the present codes."""
 
@@ -119,13 +134,19 @@ class EHRGNN(VIModule):
         self.head = MLP(latent_dim, [hidden_dim], 1)
         self.term_weights = {"bce": 1.0, "rec": rec_weight, "kl": kl_weight}
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Posterior ``q(z_i | record)`` of every code's node: mean, log-variance [B, C, latent] and the encoder
-        attention (the record's learned graph) [B, C, C]."""
+    def encoder_nodes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Node representations after the encoder graph layer, ``h'_i = h_i + sum_j A_ij W_v h_j`` [B, C, embed],
+        and the encoder attention (the record's learned graph) [B, C, C]."""
         check_records(x, self.n_codes)
         h = self.embed.expand(len(x), -1, -1)
         msg, att = self.encoder(h, x > 0.5 if self.mask_attention else None)
-        mu, log_var = self.posterior_net(h + msg).chunk(2, -1)
+        return h + msg, att
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Posterior ``q(z_i | record)`` of every code's node: mean, log-variance [B, C, latent] and the encoder
+        attention (the record's learned graph) [B, C, C]."""
+        nodes, att = self.encoder_nodes(x)
+        mu, log_var = self.posterior_net(nodes).chunk(2, -1)
         return mu, log_var, att
 
     def logits(self, x: Tensor, z: Tensor) -> Tensor:
