@@ -213,6 +213,10 @@ class GCRL(VIModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch["past"])
 
+    @staticmethod
+    def _batch_size(batch: dict[str, Tensor]) -> int:
+        return int(batch["past"].shape[0])
+
 
 def ade_fde(pred: Tensor, future: Tensor) -> tuple[float, float]:
     """ADE and FDE of predictions [k, B, T, 2] (or [B, T, 2]) against ``future`` [B, T, 2]: per trajectory the
