@@ -181,3 +181,12 @@ def test_registered_and_batches_carry_past_future_env():
     assert batch["past"].shape == (8, 8, 2) and batch["future"].shape == (8, 12, 2)
     assert set(batch["env"].tolist()) <= {0, 1, 2}
     assert set(next(iter(dm.test_dataloader()))["env"].tolist()) == {3}
+
+
+def test_rebuilds_from_hyperparameters():
+    torch.manual_seed(0)
+    model = GCRL(train_envs=[2, 5], split=True, s_dim=3, hidden_dims=[16])
+    clone = GCRL(**model.hparams)
+    clone.load_state_dict(model.state_dict())
+    past = goal_trajectories(3, 0.3, 0.0, 0.01, generator=torch.Generator().manual_seed(0))["past"]
+    assert torch.equal(model(past), clone(past)) and clone.known_envs == [2, 5]
