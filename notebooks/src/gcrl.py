@@ -41,7 +41,9 @@ for part in ('env', 'all'):
 """),
     ("markdown", """
 Over seeds 0-2 (tests/families/causal/test_gcrl.py) fine-tuning only the environment part gives ADE
-0.427/0.441/0.438 against 0.485/0.542/0.483 for full fine-tuning with the same 10 shots and 200 steps. Zero-shot,
+0.427/0.441/0.438 against 0.485/0.542/0.483 for full fine-tuning with the same 10 shots and 200 steps.
+Neither path beats the zero-shot forecast on this unseen environment (10 shots overfit; the environment part
+much less). Zero-shot,
 the split does not beat the ablation on this data (ADE 0.410/0.406/0.391 vs 0.405/0.409/0.386): both encoders
 read the style from the past, and the environment prior only changes the KL cost of encoding it.
 """),
