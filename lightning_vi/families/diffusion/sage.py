@@ -398,7 +398,11 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from lightning_vi.data.digits import load_digits_tensors
     from lightning_vi.families.diffusion.producer import read_producer
 
-    model, _ = read_producer(cfg["checkpoint"], arg="checkpoint", consumer="sage", families=("ddpm",), make=MAKE)
+    path = str(cfg.get("checkpoint", ""))
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint={path!r} does not exist; SAGE needs a class-conditional 'ddpm' "
+                                f"checkpoint; make one with: {MAKE} (or pass --set checkpoint=PATH)")
+    model, _ = read_producer(path, arg="checkpoint", consumer="sage", families=("ddpm",), make=MAKE)
     model.eval()
     seed = int(cfg.get("seed", 0))
     data = load_digits_tensors(int(model.input_shape[-1]))

@@ -136,6 +136,8 @@ def test_bad_inputs(digits, digits_prior):
 
 
 def test_command_writes_results(digits_prior_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint='nope.ckpt' does not exist.*ddpm_digits8.yaml"):
+        S.main(["--config", "configs/diffusion/sage.yml", "--out", str(tmp_path), "--set", "checkpoint=nope.ckpt"])
     res = S.main(["--config", "configs/diffusion/sage.yml", "--out", str(tmp_path),
                   "--set", f"checkpoint={digits_prior_checkpoint}", "n=10", "iters=3", "classifier_steps=20",
                   "embedding_iters=2"])
