@@ -144,3 +144,20 @@ def test_command_writes_results(digits_prior_checkpoint, tmp_path):
     assert (tmp_path / "results.json").is_file()
     assert set(res) == {"random", "gradient", "gradient_free", "embedding"}
     assert 0.0 <= res["gradient"]["failure_rate"] <= 1.0
+
+
+def test_appended_token_only_on_conditioned_rows(digits_prior):
+    """Under classifier-free guidance the token goes into the conditional pass only: the embedding of
+    null-token rows is unchanged, the others move by exactly delta."""
+    emb = digits_prior.network(True).emb
+    t = torch.full((4,), 500)
+    y = torch.tensor([1, 10, 3, 10])  # 10 = null token
+    delta = torch.randn(emb.dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = emb(t, y)
+        with S.added_embedding(digits_prior.network(True), delta, digits_prior.num_classes):
+            moved = emb(t, y)
+        after = emb(t, y)  # hook removed
+    assert torch.allclose(moved[[0, 2]] - base[[0, 2]], delta.expand(2, -1), atol=1e-5)
+    assert torch.equal(moved[[1, 3]], base[[1, 3]])
+    assert torch.equal(after, base)
