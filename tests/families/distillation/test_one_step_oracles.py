@@ -21,7 +21,7 @@ import math
 import pytest
 import torch
 
-from lightning_vi.families.distillation.one_step import FDistill, SNOOPI
+from lightning_vi.families.distillation.one_step import SNOOPI, FDistill, f_weight, normalise_weights
 
 torch.set_num_threads(1)
 
@@ -103,7 +103,8 @@ def test_discriminator_logit_is_the_log_density_ratio(seed):
     logistic loss's optimum), which forward KL uses as ``h = r``. The "generator" is held at a collapsed,
     unbalanced student: modes 0 and 1 of the ring (std 0.1) with weights 0.7 / 0.3. At t <= 0.05 T both
     noised densities keep their modes apart, so on mode k the true log ratio is log((1/8) / w_k): -1.73 on
-    mode 0, -0.88 on mode 1 (written here, not from the family's code). Measured on seeds 0, 1, 2: see docs."""
+    mode 0, -0.88 on mode 1 (written here, not from the family's code). Measured on seeds 0, 1, 2: see docs.
+    The weights h(r) built from the logit then up-weight the under-filled mode by the closed-form factor."""
     torch.manual_seed(seed)
     m = FDistill(teacher="ring", weighting="forward_kl", **RING)
     opt = m.configure_optimizers()[1]
@@ -129,3 +130,12 @@ def test_discriminator_logit_is_the_log_density_ratio(seed):
     print("log ratio on modes 0, 1: estimated", est.tolist(), "true", true.tolist())
     assert (est - true).abs().max() < 0.3, (est, true)
     assert abs((est[1] - est[0]) - (true[1] - true[0])) < 0.25, (est, true)
+    # f-distill's weights up-weight the under-filled mode 1 by h(r_1) / h(r_0), r_k = (1/8) / w_k (closed form):
+    # forward KL r_1 / r_0 = 2.33, JS (r_1 / (1 + r_1)) / (r_0 / (1 + r_0)) = 1.94.
+    r = 1 / 8 / w
+    expected = {"forward_kl": float(r[1] / r[0]), "js": float((r[1] / (1 + r[1])) / (r[0] / (1 + r[0])))}
+    for weighting, want in expected.items():
+        h = normalise_weights(f_weight(weighting, logit))
+        got = float(h[k == 1].mean() / h[k == 0].mean())
+        print(weighting, "h(mode 1) / h(mode 0):", round(got, 3), "closed form", round(want, 3))
+        assert abs(got - want) < 0.25 * want, (weighting, got, want)
