@@ -10,7 +10,8 @@
   js >= reverse_kl + 6 (a mean gap of 2 modes; true for seeds 0-2 (+12) and 3-5 (+6), where a per-seed
   gap of 2 is not: seeds 3 and 5 gain 1). Forward KL is NOT better than
   reverse KL on every seed in any clip tried (e.g. max_log_ratio 1.5: 3/4/5 on seeds 0-2 but 2 vs 7 on
-  seed 3), so it is not asserted.
+  seed 3), so it is not asserted; its ingredients are: test_discriminator_logit_is_the_log_density_ratio
+  checks the density ratio and the weights h(r) against closed forms.
 - SNOOPI: see test_snoopi_* below.
 """
 
