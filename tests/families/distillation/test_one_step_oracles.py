@@ -5,8 +5,13 @@
   samples, a sample counting for mode k when it lies within 0.5 (5 mode stds) of that mode's centre; the
   centres are written here (radius 2, angles 2 pi k / 8), independent of the teacher's code.
   Runs of one seed share the random stream (the discriminator is trained for every weighting) and differ in
-  h alone. Measured on seeds 0, 1, 2 (docs/distillation_one_step.md): reverse_kl 2/3/1, js 5/5/8,
-  forward_kl 2/3/3 (max_log_ratio 2): forward KL is NOT better than reverse KL here, so only JS is asserted.
+  h alone. Measured on seeds 0, 1, 2 (docs/distillation_one_step.md): reverse_kl 2/3/1, js 5/5/8; seeds 3, 4, 5:
+  reverse_kl 7/1/6, js 8/5/7. Asserted: js > reverse_kl on each seed and, summed over the 3 seeds,
+  js >= reverse_kl + 6 (a mean gap of 2 modes; true for seeds 0-2 (+12) and 3-5 (+6), where a per-seed
+  gap of 2 is not: seeds 3 and 5 gain 1). Forward KL is NOT better than
+  reverse KL on every seed in any clip tried (e.g. max_log_ratio 1.5: 3/4/5 on seeds 0-2 but 2 vs 7 on
+  seed 3), so it is not asserted; its ingredients are: test_discriminator_logit_is_the_log_density_ratio
+  checks the density ratio and the weights h(r) against closed forms.
 - SNOOPI: see test_snoopi_* below.
 """
 
@@ -17,7 +22,7 @@ import math
 import pytest
 import torch
 
-from lightning_vi.families.distillation.one_step import FDistill, SNOOPI
+from lightning_vi.families.distillation.one_step import SNOOPI, FDistill, f_weight, normalise_weights
 
 torch.set_num_threads(1)
 
@@ -34,20 +39,33 @@ def covered_modes(x: torch.Tensor, radius: float = 0.5, share: float = 0.05) -> 
     return int((counts >= share).sum())
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.fixture(scope="module")
 def ring_students():
+    """Modes covered by the reverse-KL and JS students, per seed; one setting (RING) for every run."""
     out = {}
-    for weighting in ("reverse_kl", "js"):
-        torch.manual_seed(0)
-        m = FDistill(teacher="ring", weighting=weighting, **RING)
-        m.fit_steps(400, 128, seed=0)
-        out[weighting] = covered_modes(m.sample(2000, torch.Generator().manual_seed(100)))
+    for seed in SEEDS:
+        for weighting in ("reverse_kl", "js"):
+            torch.manual_seed(seed)
+            m = FDistill(teacher="ring", weighting=weighting, **RING)
+            m.fit_steps(400, 128, seed=seed)
+            out[weighting, seed] = covered_modes(m.sample(2000, torch.Generator().manual_seed(100)))
     print("modes covered", out)
     return out
 
 
-def test_js_covers_more_modes_than_reverse_kl(ring_students):
-    assert ring_students["js"] >= ring_students["reverse_kl"] + 2, ring_students
+@pytest.mark.parametrize("seed", SEEDS)
+def test_js_covers_more_modes_than_reverse_kl(ring_students, seed):
+    js, rkl = ring_students["js", seed], ring_students["reverse_kl", seed]
+    assert js > rkl, {"js": js, "reverse_kl": rkl, "seed": seed}
+
+
+def test_js_covers_on_average_two_more_modes_over_three_seeds(ring_students):
+    js = sum(ring_students["js", s] for s in SEEDS)
+    rkl = sum(ring_students["reverse_kl", s] for s in SEEDS)
+    assert js >= rkl + 2 * len(SEEDS), ring_students
 
 
 # -- SNOOPI ----------------------------------------------------------------------------------------------
@@ -77,3 +95,48 @@ def test_snoopi_random_scale_beats_a_fixed_large_scale():
             assert min(scales) >= 1.0 and max(scales) <= 8.0 and max(scales) - min(scales) > 5
     print("on-requested-mode share", quality)
     assert quality["random"] > quality["fixed"] + 0.05, quality
+
+
+# -- the discriminator's density ratio (forward KL's h = r) -------------------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+def test_discriminator_logit_is_the_log_density_ratio(seed):
+    """The discriminator trained by ``critic_losses`` estimates ``log r = log p_teacher,t - log p_G,t`` (the
+    logistic loss's optimum), which forward KL uses as ``h = r``. The "generator" is held at a collapsed,
+    unbalanced student: modes 0 and 1 of the ring (std 0.1) with weights 0.7 / 0.3. At t <= 0.05 T both
+    noised densities keep their modes apart, so on mode k the true log ratio is log((1/8) / w_k): -1.73 on
+    mode 0, -0.88 on mode 1 (written here, not from the family's code). Measured on seeds 0, 1, 2: see docs.
+    The weights h(r) built from the logit then up-weight the under-filled mode by the closed-form factor."""
+    torch.manual_seed(seed)
+    m = FDistill(teacher="ring", weighting="forward_kl", **RING)
+    opt = m.configure_optimizers()[1]
+    w = torch.tensor([0.7, 0.3])
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def student(n):
+        k = torch.multinomial(w, n, replacement=True, generator=g)
+        return CENTRES[k] + 0.1 * torch.randn(n, 2, generator=g), k
+
+    for _ in range(600):
+        x, _ = student(256)
+        loss = m.critic_losses(x, None)["disc"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, k = student(4000)
+    with torch.no_grad():
+        t = m.sample_t(4000, x.device)
+        logit = m.log_ratio(m.add_noise(x, t, torch.randn_like(x)), t, None)
+    est = torch.stack([logit[k == j].mean() for j in range(2)])
+    true = (1 / 8 / w).log()
+    print("log ratio on modes 0, 1: estimated", est.tolist(), "true", true.tolist())
+    assert (est - true).abs().max() < 0.3, (est, true)
+    assert abs((est[1] - est[0]) - (true[1] - true[0])) < 0.25, (est, true)
+    # f-distill's weights up-weight the under-filled mode 1 by h(r_1) / h(r_0), r_k = (1/8) / w_k (closed form):
+    # forward KL r_1 / r_0 = 2.33, JS (r_1 / (1 + r_1)) / (r_0 / (1 + r_0)) = 1.94.
+    r = 1 / 8 / w
+    expected = {"forward_kl": float(r[1] / r[0]), "js": float((r[1] / (1 + r[1])) / (r[0] / (1 + r[0])))}
+    for weighting, want in expected.items():
+        h = normalise_weights(f_weight(weighting, logit))
+        got = float(h[k == 1].mean() / h[k == 0].mean())
+        print(weighting, "h(mode 1) / h(mode 0):", round(got, 3), "closed form", round(want, 3))
+        assert abs(got - want) < 0.25 * want, (weighting, got, want)
