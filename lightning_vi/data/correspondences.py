@@ -94,17 +94,25 @@ class CorrespondenceDataModule(InMemoryDataModule):
         outlier_ratio: ``[low, high]`` range of the per-problem outlier fraction (train, val and test alike),
             or one number.
         noise: std of the inlier noise; translation: half-width of the translation box.
+        structured, feature_dim, feature_noise: structured outliers (a second rigid motion) and descriptor
+            features, see :func:`make_correspondences` (batch key ``f``; give the model ``feature_dim = 2 *
+            feature_dim``).
     """
 
     def __init__(self, num_problems: int = 2000, num_points: int = 256, outlier_ratio: list[float] = (0.5, 0.9),
                  noise: float = 0.01, translation: float = 0.5, batch_size: int = 16, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, seed: int = 0, num_workers: int = 0) -> None:
+                 test_fraction: float = 0.1, seed: int = 0, num_workers: int = 0, structured: float = 0.0,
+                 feature_dim: int = 0, feature_noise: list[float] = (0.6, 1.0)) -> None:
         super().__init__(batch_size, val_fraction, test_fraction, seed, num_workers)
         self.num_problems, self.num_points, self.noise, self.translation = num_problems, num_points, noise, translation
         self.outlier_ratio = (tuple(float(v) for v in outlier_ratio) if isinstance(outlier_ratio, (list, tuple))
                               else float(outlier_ratio))
-        make_correspondences(1, num_points, self.outlier_ratio, torch.Generator().manual_seed(0), noise, translation)
+        self.structured, self.feature_dim = float(structured), int(feature_dim)
+        self.feature_noise = tuple(float(v) for v in feature_noise)
+        make_correspondences(1, num_points, self.outlier_ratio, torch.Generator().manual_seed(0), noise, translation,
+                             self.structured, self.feature_dim, self.feature_noise)
 
     def generate(self) -> dict[str, Tensor]:
         return make_correspondences(self.num_problems, self.num_points, self.outlier_ratio, self.generator(),
-                                    self.noise, self.translation)
+                                    self.noise, self.translation, self.structured, self.feature_dim,
+                                    self.feature_noise)
