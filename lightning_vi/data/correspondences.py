@@ -38,8 +38,8 @@ def random_rotation(n: int, generator: torch.Generator, dtype: torch.dtype = tor
 
 
 def make_correspondences(num_problems: int, num_points: int, outlier_ratio: float | tuple[float, float],
-                         generator: torch.Generator, noise: float = 0.01, translation: float = 0.5, structured: float = 0.0,
-                         feature_dim: int = 0, feature_noise: tuple[float, float] = (0.6, 1.0)) -> dict[str, Tensor]:
+                         generator: torch.Generator, noise: float = 0.01, translation: float = 0.5,
+                         structured: float = 0.0, feature_dim: int = 0, feature_noise: tuple[float, float] = (0.6, 1.0)) -> dict[str, Tensor]:
     """``num_problems`` problems; ``outlier_ratio`` is a number or a ``(low, high)`` range drawn per problem.
 
     Returns ``x`` ``[B, N, 6]`` (``p`` and ``q`` side by side), ``p``, ``q`` ``[B, N, 3]``, ``y`` ``[B, N]``,

@@ -114,12 +114,14 @@ class VariationalOutlierRejection(VIModule):
         self.sigma_d, self.inlier_threshold = float(sigma_d), float(inlier_threshold)
         self.num_seeds, self.consensus = int(num_seeds), int(consensus)
         self.feature_dim = int(feature_dim)
-        self.embed = nn.Sequential(nn.Linear(6 + self.feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.embed = nn.Sequential(nn.Linear(6 + self.feature_dim, hidden_dim), nn.ReLU(),
+                                   nn.Linear(hidden_dim, hidden_dim))
         self.layers = nn.ModuleList(VariationalNonLocal(hidden_dim, self.variational) for _ in range(num_layers))
         self.head = nn.Linear(hidden_dim, 1)
         self.term_weights = {"bce": 1.0, "bce_posterior": 1.0, "kl": self.kl_weight if self.variational else 0.0}
 
-    def forward(self, p: Tensor, q: Tensor, y: Tensor | None = None, feat: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, p: Tensor, q: Tensor, y: Tensor | None = None,
+                feat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inlier logits ``[B, N]`` and the per-correspondence KL ``[B, N]`` (zeros without labels)."""
         check_correspondences(p, q)
         self._check_features(p, feat)
