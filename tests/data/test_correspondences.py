@@ -44,3 +44,22 @@ def test_bad_input_is_named(kwargs, match) -> None:
     args = dict(num_points=100, outlier_ratio=0.5) | kwargs
     with pytest.raises(ValueError, match=match):
         make_correspondences(2, args["num_points"], args["outlier_ratio"], torch.Generator())
+
+
+def test_structured_outliers_follow_a_second_motion_and_features_are_noisy_but_informative() -> None:
+    from lightning_vi.families.vision.registration import weighted_kabsch
+    b = make_correspondences(20, 128, 0.9, torch.Generator().manual_seed(3), structured=0.15, feature_dim=8)
+    s, y = b["structured"].bool(), b["y"].bool()
+    assert torch.equal(s.sum(-1), torch.full((20,), 17)) and not (s & y).any()  # round(0.15 * 115) of the outliers
+    r2, t2 = weighted_kabsch(b["p"], b["q"], s.float())  # one rigid motion explains all structured outliers
+    res2 = (b["p"] @ r2.transpose(-1, -2) + t2[:, None] - b["q"]).norm(dim=-1)
+    assert res2[s].max() < 0.1 and torch.linalg.matrix_norm(r2 - b["R"]).min() > 0.1
+    res = (b["p"] @ b["R"].transpose(-1, -2) + b["t"][:, None] - b["q"]).norm(dim=-1)
+    assert res[y].max() < 0.06
+    a, d = b["f"].chunk(2, -1)
+    cos = (a * d).sum(-1)  # informative on average, overlapping pair by pair
+    assert b["f"].shape == (20, 128, 16) and cos[y].mean() > cos[~y].mean() + 0.1 and cos[~y].max() > cos[y].median()
+    plain = make_correspondences(20, 128, 0.9, torch.Generator().manual_seed(3))
+    assert torch.equal(plain["p"], b["p"]) and torch.equal(plain["q"][~s], b["q"][~s])  # same draws otherwise
+    with pytest.raises(ValueError, match="structured"):
+        make_correspondences(2, 100, 0.5, torch.Generator(), structured=1.5)

@@ -3,7 +3,8 @@ Registration with Variational Bayes", CVPR).
 
 Given ``N`` putative correspondences ``(p_i, q_i)`` the family classifies inliers and solves the rigid motion:
 
-1. **Embedding.** ``f_i = MLP([p_i - mean p, q_i - mean q])`` (translation removed).
+1. **Embedding.** ``f_i = MLP([p_i - mean p, q_i - mean q, d_i])`` (translation removed; ``d_i`` the optional
+   per-correspondence descriptor features, ``feature_dim`` wide, batch key ``f``).
 2. **Variational non-local layers** (their Sec. 3.2). The query, key and value features of each correspondence
    are latent: a prior ``p(z_i | f_i) = N(mu_p, sigma_p^2)`` and a label-conditioned posterior
    ``q(z_i | f_i, y_i)`` (``y_i`` the inlier label, embedded). Training samples the posterior (reparameterised);
@@ -91,13 +92,14 @@ class VariationalOutlierRejection(VIModule):
         inlier_threshold: residual below which a pair counts as explained by a hypothesis.
         num_seeds: hypotheses (seeds) of the voting search.
         consensus: neighbours of a seed in its Kabsch solve.
+        feature_dim: width of the per-correspondence descriptor features ``f`` (0 = coordinates only).
         **kwargs: the shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``, ``lr``,
             ``check_finite``).
     """
 
     def __init__(self, hidden_dim: int = 64, num_layers: int = 3, variational: bool = True, kl_weight: float = 0.1,
                  sigma_d: float = 0.1, inlier_threshold: float = 0.05, num_seeds: int = 64, consensus: int = 24,
-                 **kwargs: Any) -> None:
+                 feature_dim: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_range("hidden_dim", hidden_dim, 1)
         check_range("num_layers", num_layers, 1)
@@ -106,45 +108,57 @@ class VariationalOutlierRejection(VIModule):
         check_range("inlier_threshold", inlier_threshold, 0.0, low_open=True)
         check_range("num_seeds", num_seeds, 1)
         check_range("consensus", consensus, 3)
+        check_range("feature_dim", feature_dim, 0)
         self.save_hyperparameters()
         self.variational, self.kl_weight = bool(variational), float(kl_weight)
         self.sigma_d, self.inlier_threshold = float(sigma_d), float(inlier_threshold)
         self.num_seeds, self.consensus = int(num_seeds), int(consensus)
-        self.embed = nn.Sequential(nn.Linear(6, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.feature_dim = int(feature_dim)
+        self.embed = nn.Sequential(nn.Linear(6 + self.feature_dim, hidden_dim), nn.ReLU(),
+                                   nn.Linear(hidden_dim, hidden_dim))
         self.layers = nn.ModuleList(VariationalNonLocal(hidden_dim, self.variational) for _ in range(num_layers))
         self.head = nn.Linear(hidden_dim, 1)
         self.term_weights = {"bce": 1.0, "bce_posterior": 1.0, "kl": self.kl_weight if self.variational else 0.0}
 
-    def forward(self, p: Tensor, q: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, p: Tensor, q: Tensor, y: Tensor | None = None,
+                feat: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Inlier logits ``[B, N]`` and the per-correspondence KL ``[B, N]`` (zeros without labels)."""
         check_correspondences(p, q)
+        self._check_features(p, feat)
         beta = compatibility(p, q, self.sigma_d)
-        f = self.embed(torch.cat([p - p.mean(-2, keepdim=True), q - q.mean(-2, keepdim=True)], -1))
+        x = [p - p.mean(-2, keepdim=True), q - q.mean(-2, keepdim=True)] + ([feat] if self.feature_dim else [])
+        f = self.embed(torch.cat(x, -1))
         kl = f.new_zeros(f.shape[:-1])
         for layer in self.layers:
             f, k = layer(f, beta, y)
             kl = kl + k
         return self.head(f)[..., 0], kl
 
+    def _check_features(self, p: Tensor, feat: Tensor | None) -> None:
+        want = (*p.shape[:-1], self.feature_dim)
+        if self.feature_dim and (feat is None or tuple(feat.shape) != want):
+            raise ValueError(f"feature_dim={self.feature_dim} needs descriptor features feat of shape {want}; got "
+                             f"{None if feat is None else tuple(feat.shape)}")
+
     @torch.no_grad()
-    def register(self, p: Tensor, q: Tensor) -> dict[str, Tensor]:
+    def register(self, p: Tensor, q: Tensor, feat: Tensor | None = None) -> dict[str, Tensor]:
         """Inlier scores, the voting search and the final weighted Kabsch for ``p, q [B, N, 3]``.
 
         Returns ``R [B, 3, 3]``, ``t [B, 3]``, ``inliers [B, N]`` (bool) and ``scores [B, N]`` (inlier
         probabilities of the network).
         """
         check_correspondences(p, q)
-        w = torch.sigmoid(self(p, q)[0])
+        w = torch.sigmoid(self(p, q, feat=feat)[0])
         return vote(p, q, w, compatibility(p, q, self.sigma_d), self.inlier_threshold, self.num_seeds, self.consensus)
 
     def objective(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        p, q, y = batch["p"], batch["q"], batch["y"].float()
+        p, q, y, feat = batch["p"], batch["q"], batch["y"].float(), batch.get("f")
         pos = y.sum().clamp_min(1.0)  # class-balanced: inliers are 5-50% of the pairs
         bce = lambda lg: F.binary_cross_entropy_with_logits(lg, y, pos_weight=(y.numel() - pos) / pos)  # noqa: E731
-        logits, kl = self(p, q)  # the prior path, used at test time
+        logits, kl = self(p, q, feat=feat)  # the prior path, used at test time
         out = {"bce": bce(logits), "kl": kl.mean()}
         if self.training and self.variational:
-            post_logits, kl = self(p, q, y)
+            post_logits, kl = self(p, q, y, feat)
             out.update(bce_posterior=bce(post_logits), kl=kl.mean())
         out.update({
                "acc": ((logits > 0).float() == y).float().mean()})
