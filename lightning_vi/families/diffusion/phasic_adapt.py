@@ -37,13 +37,14 @@ from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.data.base import InMemoryDataModule
 from lightning_vi.data.digits import load_digits_tensors
 from lightning_vi.families.diffusion.ddpm import DDPM
+from lightning_vi.families.diffusion.producer import read_producer
 from lightning_vi.registry import FAMILIES
 
 MAX_SHOTS = 10
 MODES = ("phasic", "finetune")
 PHASES = ("phasic", "none", "reversed")
 STYLES = ("gray_background", "inverted", "thick")
-ARCH_KEYS = ("input_shape", "architecture", "hidden", "depth", "channels", "num_train_timesteps", "beta_schedule",
+ARCH_KEYS = ("input_shape", "architecture", "hidden", "depth", "channels", "num_classes", "num_train_timesteps", "beta_schedule",
              "beta_start", "beta_end", "prediction_type", "sampler", "sample_steps", "eta", "timestep_spacing",
              "data_scale", "data_shift")
 
@@ -85,12 +86,17 @@ class DirectionFeatures(nn.Module):
         return torch.cat([x.flatten(1), self.enc(x)], 1)
 
 
+MAKE_SOURCE = "lvi fit --config configs/diffusion/ddpm_digits8.yaml"
+
+
 def load_source(source: Union[str, DDPM]) -> DDPM:
-    """A source DDPM from a module or a checkpoint path (unconditional models only)."""
-    model = source if isinstance(source, DDPM) else DDPM.load_from_checkpoint(source, map_location="cpu")
-    if model.num_classes != 0:
-        raise ValueError(f"source num_classes={model.num_classes!r}; allowed: 0 (an unconditional source ddpm)")
-    return model
+    """A source DDPM from a module or a ``ddpm`` checkpoint path. A class-conditional source is used
+    unconditionally (its null label), as is the adapted model."""
+    if isinstance(source, DDPM):
+        return source
+    if not isinstance(source, str):
+        raise ValueError(f"source={source!r}; allowed: a DDPM module or the path of a ddpm checkpoint")
+    return read_producer(source, arg="source", consumer="phasic_adapt", families=("ddpm",), make=MAKE_SOURCE)[0]
 
 
 @FAMILIES.register("phasic_adapt")
@@ -129,9 +135,14 @@ class PhasicAdapt(DDPM):
             source_hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in src.hparams.items() if k in ARCH_KEYS}
         if source_hparams is None:
             raise ValueError("phasic_adapt needs source (a DDPM module or checkpoint path) or source_hparams; got neither")
+        for k in (*ARCH_KEYS, "p_uncond", "ema_decay", "guidance_scale"):  # the source's (CLI fills DDPM defaults)
+            kwargs.pop(k, None)
         kwargs.setdefault("lr", 1e-3)
-        super().__init__(**source_hparams, num_classes=0, **kwargs)
+        object.__setattr__(self, "_source_shape", tuple(int(v) for v in source_hparams["input_shape"]))
+        super().__init__(**source_hparams, **kwargs)
         self.save_hyperparameters(ignore=["source"])
+        # the source's architecture wins over DDPM defaults a CLI may have recorded as "given" hyper-parameters
+        self.hparams.update(source_hparams)
         self.hparams["source_hparams"] = source_hparams
         self.source_net = copy.deepcopy(src.network(use_ema=True)) if src is not None else copy.deepcopy(self.net)
         if src is not None:
@@ -142,6 +153,9 @@ class PhasicAdapt(DDPM):
         self._source = src
         self.term_weights = {"detail": detail_weight, "ddc": ddc_weight} if mode == "phasic" else {"mse": 1.0}
 
+    def model_shape(self) -> tuple[int, ...]:
+        return self._source_shape
+
     # -- source content ----------------------------------------------------------------------------
     @torch.no_grad()
     def source_samples(self) -> Tensor:
@@ -151,10 +165,17 @@ class PhasicAdapt(DDPM):
                 raise ValueError("phasic_adapt: no source_content in the state and no source model to sample from")
             g = torch.Generator().manual_seed(int(self.hparams.feature_seed))
             was = self._source.training
-            x = self._source.sample(int(self.hparams.n_source), generator=g)
+            x = self._source.sample(int(self.hparams.n_source), generator=g)  # class-conditional: all classes
             self._source.train(was)
             self.source_content = self.to_model_space(x).to(self.source_content.device)
         return self.source_content
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+               steps: int | None = None, eta: float | None = None, use_ema: bool | None = True, **_: Any) -> Tensor:
+        """``n`` unconditional samples of the adapted model in data space."""
+        fn = self.model_fn(None, 1.0, use_ema=use_ema)
+        return self.from_model_space(self.run_sampler(fn, (n, *self.data_shape), sampler, steps, generator, eta))
 
     def direction(self, x_B: Tensor, x_A: Tensor) -> Tensor:
         """The global DDC direction ``w = mean f(x_B) - mean f(x_A)`` (target shots minus source content)."""
