@@ -150,8 +150,14 @@ class PhasicAdapt(DDPM):
         self.source_net.requires_grad_(False)
         self.features = DirectionFeatures(self.data_shape, feature_width, feature_seed)
         self.register_buffer("source_content", torch.zeros(0, *self.data_shape))
-        self._source = src
+        object.__setattr__(self, "_source", src)  # not a submodule: only its samples and net copy are kept
         self.term_weights = {"detail": detail_weight, "ddc": ddc_weight} if mode == "phasic" else {"mse": 1.0}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "source_content"
+        if key in state_dict:  # the saved source content sets the buffer's size
+            self.source_content = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def model_shape(self) -> tuple[int, ...]:
         return self._source_shape

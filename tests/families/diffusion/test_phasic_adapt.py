@@ -131,3 +131,15 @@ def test_checkpoint_source_and_datamodule(setting, tmp_path):
     assert batch["x"].shape == (10, 1, 8, 8) and batch["x"].min() >= 0.35 - 1e-6
     loss, terms = model.compute_loss(batch, "train")
     assert torch.isfinite(loss) and set(terms) >= {"detail", "ddc"}
+
+
+def test_reload_own_checkpoint_without_source(setting, tmp_path):
+    model = PhasicAdapt(source=setting["source"], n_source=8, source_batch=4)
+    model.source_samples()
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "adapted.ckpt")
+    back = PhasicAdapt.load_from_checkpoint(tmp_path / "adapted.ckpt")
+    assert torch.equal(back.source_content, model.source_content)
+    g = lambda: torch.Generator().manual_seed(0)
+    assert torch.allclose(back.sample(4, generator=g()), model.sample(4, generator=g()))
