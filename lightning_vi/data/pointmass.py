@@ -143,6 +143,7 @@ class PointMassDataModule(InMemoryDataModule):
                  distractor_motion: str = "circle",
                  distractor_speed: float = 0.3, background_shift: float = 0.0, batch_size: int = 32,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, num_workers: int = 0) -> None:
+        check_range("n", n, 1)
         super().__init__(batch_size, val_fraction, test_fraction, seed, num_workers)
         self.kw = dict(n=n, frames=frames, image_size=image_size, step=step, goal=list(goal),
                        agent_colour=list(agent_colour), distractor_colour=list(distractor_colour),
