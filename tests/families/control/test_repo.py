@@ -140,3 +140,20 @@ def test_bad_input_messages():
         PointMassDataModule(n=0)
     with pytest.raises(ValueError, match="distractor_colour"):
         pointmass_trajectories(4, distractor_colour=(1.0, 0.0))
+
+
+def test_lightning_fit_logs_kl_beta_and_checkpoint_rebuilds(tmp_path):
+    import lightning as L
+
+    dm = PointMassDataModule(n=40, batch_size=16, distractor_colour_jitter=0.5)
+    model = RePo(deter_dim=8, stoch_dim=4, embed_dim=8, hidden_dim=16)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, log_every_n_steps=1)
+    trainer.fit(model, dm)
+    assert {"train/kl_epoch", "train/beta_epoch", "train/reward_epoch"} <= set(trainer.callback_metrics)
+    trainer.save_checkpoint(tmp_path / "repo.ckpt")
+    loaded = RePo.load_from_checkpoint(tmp_path / "repo.ckpt")
+    batch = dm.splits["test"]
+    assert loaded.hparams.stoch_dim == 4
+    assert torch.allclose(loaded.predict_reward(batch["x"], batch["action"]),
+                          model.eval().predict_reward(batch["x"], batch["action"]))
