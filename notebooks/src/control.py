@@ -34,7 +34,7 @@ for objective in ('repo', 'reconstruction'):
 repo = models['repo']
 with torch.no_grad():
     kl = float(repo.train().compute_loss(tr, 'train')[1]['kl']); repo.eval()
-print(f"RePo KL {kl:.3f} nats/step (target 1.0), beta {float(repo.beta):.4f}")
+print(f"RePo KL {kl:.3f} nats/step (target 1.0), beta {float(repo.beta.detach()):.4f}")
 """),
     ("code", """
 def shifted_obs(step, g=gen(7)):

@@ -96,9 +96,9 @@ def test_dual_variable_moves_against_constraint_violation():
     for target, sign in ((1e-3, 1.0), (1e3, -1.0)):
         torch.manual_seed(0)
         model = RePo(kl_target=target)
-        before = float(model.beta)
+        before = float(model.beta.detach())
         fit_objective(model, batch, 1, lr=1e-2)
-        assert sign * (float(model.beta) - before) > 0, (target, before, float(model.beta))
+        assert sign * (float(model.beta.detach()) - before) > 0, (target, before, float(model.beta.detach()))
 
 
 def test_support_loss_closed_form():
