@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NOISE_MODELS = ("mixture", "white")
-PRIORS = ("gaussian", "none")
+PRIORS = ("gaussian", "ddpm", "none")
 WEIGHTINGS = ("noise_aware", "uniform")
 NOISE_GUESS_RANGE = (1e-3, 1.0)
 
@@ -119,6 +119,74 @@ class GaussianMMSEDenoiser:
         return (self.denoise(x) - x.unsqueeze(0)) / s2
 
 
+class DDPMDenoiser:
+    """MMSE denoiser from this package's trained :class:`~lightning_vi.families.diffusion.ddpm.DDPM` by
+    Tweedie's formula (the paper's "cheap MMSE denoisers", Sec. 3.2, with a diffusion model as the denoiser).
+
+    A level-``sigma`` noisy image ``x = x0 + sigma n`` is, in the ddpm's model space ``z = (x - shift)/scale``,
+    ``z0 + (sigma/scale) n``; scaled by ``sqrt(abar)`` it is the forward-process state
+    ``x_t = sqrt(abar) z0 + sqrt(1 - abar) n`` exactly when ``abar = 1 / (1 + (sigma/scale)^2)``. Each level takes
+    the timestep whose ``abar_t`` is nearest that value; then
+    ``x0_hat = (x_t - sqrt(1 - abar_t) eps(x_t, t)) / sqrt(abar_t)`` (DDPM Eq. 4 solved for ``x0``, the
+    posterior mean for an MMSE-trained ``eps``), mapped back to data space, is ``D_sigma(x)``, and :meth:`score`
+    is ``(D_sigma(x) - x) / sigma^2``.
+
+    Args:
+        model: a ``DDPM`` module or the path of a Lightning checkpoint of one (unconditional use: class
+            conditional models get no label).
+        levels: denoiser noise stds (data scale), each inside the range of the model's schedule.
+        use_ema: use the EMA weights when the model has them.
+    """
+
+    def __init__(self, model, levels: Sequence[float], use_ema: bool = True) -> None:
+        from lightning_vi.families.diffusion.ddpm import DDPM
+
+        if isinstance(model, (str, Path)):
+            model = DDPM.load_from_checkpoint(str(model), map_location="cpu")
+        if not isinstance(model, DDPM):
+            raise ValueError(f"model is a {type(model).__name__}; expected a DDPM module or a checkpoint path of one")
+        if len(model.data_shape) != 3 or model.data_shape[0] != 1 or tuple(model.data_shape) != tuple(model.input_shape):
+            raise ValueError(f"ddpm runs on shape {list(model.data_shape)}; expected a pixel-space grayscale "
+                             "model with input_shape [1, H, W]")
+        self.model = model.eval()
+        self.net = model.network(use_ema)
+        self.shape = tuple(model.data_shape)
+        scale = float(model.hparams.data_scale)
+        abar = model.schedule.alphas_cumprod.double()
+        sig = scale * ((1 - abar) / abar).sqrt()          # data-scale noise std of each timestep
+        lo, hi = float(sig[0]), float(sig[-1])
+        ts = []
+        for s in levels:
+            check_noise_guess(s)
+            if not lo <= float(s) <= hi:
+                raise ValueError(f"denoiser level sigma={s!r} is out of range of the ddpm's schedule; allowed: "
+                                 f"[{lo:.4g}, {hi:.4g}] (timesteps 0..{len(abar) - 1})")
+            target = 1.0 / (1.0 + (float(s) / scale) ** 2)
+            ts.append(int((abar - target).abs().argmin()))
+        self.levels = torch.tensor([float(s) for s in levels])
+        self.timesteps = torch.tensor(ts)
+        self.abar = abar[self.timesteps].float()
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor) -> Tensor:
+        """``[L, N, 1, H, W]``: the Tweedie (MMSE) estimate of each level for each image."""
+        n_lev = len(self.levels)
+        z = self.model.to_model_space(x).unsqueeze(0).expand(n_lev, *x.shape)
+        a = self.abar.view(-1, 1, 1, 1, 1)
+        x_t = (a.sqrt() * z).reshape(-1, *x.shape[1:])
+        t = self.timesteps.repeat_interleave(x.shape[0])
+        out = self.net(x_t, t, None, None).view(n_lev, *x.shape)
+        if self.model.schedule.prediction_type == "epsilon":
+            x0 = (a.sqrt() * z - (1 - a).sqrt() * out) / a.sqrt()
+        else:
+            x0 = self.model.schedule.split(out.reshape(x_t.shape), x_t, t)[0].view(n_lev, *x.shape)
+        return self.model.from_model_space(x0)
+
+    def score(self, x: Tensor) -> Tensor:
+        s2 = self.levels.pow(2).view(-1, 1, 1, 1, 1)
+        return (self.denoise(x) - x.unsqueeze(0)) / s2
+
+
 class GroupedCNN(nn.Module):
     """``n`` independent small CNNs (3x3 convs, LeakyReLU) run as grouped convolutions: input ``[N, 1, H, W]``,
     output ``[N, out, H, W]``; image ``k`` only ever sees network ``k``."""
@@ -139,7 +207,7 @@ class GroupedCNN(nn.Module):
         return z.reshape(n, self.out, h, w)
 
 
-def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | None, steps: int = 400, lr: float = 1e-2,
+def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | DDPMDenoiser | None, steps: int = 400, lr: float = 1e-2,
               noise_model: str = "mixture", prior: str = "gaussian", weighting: str = "noise_aware",
               sigma_guess: float = 0.1, components: int = 2, grid: int = 4, tau: float = 0.5, width: int = 32,
               seed: int = 0) -> dict[str, Tensor]:
@@ -155,6 +223,8 @@ def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | None, steps: int = 400
             raise ValueError(f"{name}={val!r} is unknown; allowed: {', '.join(allowed)}")
     if prior != "none" and denoiser is None:
         raise ValueError(f"prior={prior!r} needs a denoiser; pass one or prior='none'")
+    if prior == "gaussian" and isinstance(denoiser, DDPMDenoiser):
+        prior = "ddpm"
     if denoiser is not None and tuple(denoiser.shape) != tuple(y.shape[1:]):
         raise ValueError(f"denoiser was fitted on images of shape {tuple(denoiser.shape)}, got {tuple(y.shape[1:])}")
     torch.manual_seed(seed)
