@@ -13,9 +13,11 @@ Model of one noisy image ``y = x + n`` (pixels ``i``):
 * **Score prior.** ``E_q log p(x)`` is not available; only its gradient is needed. With an MMSE denoiser
   ``D_sigma`` at level ``sigma``, Tweedie's formula gives the score of the sigma-smoothed prior,
   ``grad log p_sigma(x) = (D_sigma(x) - x) / sigma^2``; the surrogate ``sum_i stopgrad(score_i) * x~_i`` at a
-  reparameterised sample ``x~ ~ q`` has that gradient. The denoiser here is the closed-form MMSE (Wiener)
+  reparameterised sample ``x~ ~ q`` has that gradient. Two denoisers: the closed-form MMSE (Wiener)
   denoiser of a full-covariance (non-i.i.d.) Gaussian image prior ``N(m, C)`` fitted on clean training images
-  (disjoint from the images denoised): ``D_sigma(x) = m + C (C + sigma^2 I)^-1 (x - m)``.
+  (disjoint from the images denoised), ``D_sigma(x) = m + C (C + sigma^2 I)^-1 (x - m)``
+  (:class:`GaussianMMSEDenoiser`), or this package's trained ``ddpm`` through Tweedie's formula, level ``sigma``
+  mapped to the timestep with ``abar = 1/(1 + (sigma/scale)^2)`` on the scaled image (:class:`DDPMDenoiser`).
 * **Noise-aware prior assignment.** Several denoiser levels ``sigma_j``; pixel ``i`` takes the score of level
   ``j`` with weight ``w_ij ∝ exp(-(log sigma_j - log s_i)^2 / (2 tau^2))``, ``s_i`` the per-pixel noise std left
   in the sample ``x~`` (the posterior std, which the non-i.i.d. noise model drives up where the observation
