@@ -321,15 +321,18 @@ def digits_benchmark(n: int = 20, image_size: int = 16, seed: int = 0) -> dict[s
 
 
 OPTIONS = {"n": 20, "image_size": 16, "steps": 400, "lr": 1e-2, "levels": [0.02, 0.05, 0.1, 0.2], "tau": 0.5,
-           "sigma_guess": 0.1, "width": 32, "seeds": [0, 1, 2]}
+           "sigma_guess": 0.1, "width": 32, "seeds": [0, 1, 2], "ddpm_checkpoint": None}
 
 
 def run_benchmark(o: argparse.Namespace) -> dict:
-    """ScoreDVI, its white-noise ablation and the oracle-stopped DIP on ``o.n`` digits for each noise seed."""
+    """ScoreDVI, its white-noise ablation and the oracle-stopped DIP on ``o.n`` digits for each noise seed; the
+    score prior is the ddpm of ``o.ddpm_checkpoint`` (a ``DDPM`` Lightning checkpoint on ``[1, S, S]`` images in
+    [0, 1]) when given, else the Gaussian MMSE denoiser."""
     rows = []
     for seed in o.seeds:
         b = digits_benchmark(o.n, o.image_size, seed)
-        den = GaussianMMSEDenoiser(b["train"], o.levels)
+        den = (DDPMDenoiser(o.ddpm_checkpoint, o.levels) if o.ddpm_checkpoint
+               else GaussianMMSEDenoiser(b["train"], o.levels))
         kw = dict(steps=o.steps, lr=o.lr, sigma_guess=o.sigma_guess, tau=o.tau, width=o.width, seed=seed)
         row = {"seed": seed, "noisy": float(psnr(b["noisy"], b["clean"]).mean())}
         row["score_dvi"] = float(psnr(score_dvi(b["noisy"], den, **kw)["x"], b["clean"]).mean())
@@ -349,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--sigma-guess", type=float)
+    ap.add_argument("--ddpm-checkpoint", help="ddpm checkpoint for the score prior (default: Gaussian MMSE prior)")
     a = ap.parse_args(argv)
     cfg = {}
     if a.config:

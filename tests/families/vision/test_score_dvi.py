@@ -176,3 +176,19 @@ def test_ddpm_bad_input():
         DDPMDenoiser(model, (1.5,))
     with pytest.raises(ValueError, match=r"model is a GaussianMMSEDenoiser; expected a DDPM"):
         DDPMDenoiser(GaussianMMSEDenoiser(torch.rand(30, 1, 4, 4), (0.1,)), (0.1,))
+
+
+def test_command_with_ddpm_checkpoint(tmp_path):
+    """The benchmark command loads a ddpm Lightning checkpoint as the score prior (untrained net, 2 steps)."""
+    import lightning as L
+
+    from lightning_vi.families.diffusion.ddpm import DDPM
+    from lightning_vi.families.vision.score_dvi import main
+
+    model = DDPM(input_shape=[1, 16, 16], hidden=16, depth=1, num_train_timesteps=200, data_scale=0.5, data_shift=0.5)
+    path = tmp_path / "ddpm.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "pytorch-lightning_version": L.__version__}, path)
+    res = main(["--config", "configs/vision/score_dvi.yml", "--out", str(tmp_path), "--steps", "2", "--seeds", "0",
+                "--ddpm-checkpoint", str(path)])
+    assert res["config"]["ddpm_checkpoint"] == str(path) and len(res["per_seed"]) == 1
