@@ -23,8 +23,8 @@ Model of one noisy image ``y = x + n`` (pixels ``i``):
   in the sample ``x~`` (the posterior std, which the non-i.i.d. noise model drives up where the observation
   noise is large): each denoiser counts where its level matches the local noise of what it denoises, which is
   where Tweedie's formula is exact (our reading of the paper's noise-aware assignment, Sec. 3.3). Note: on the
-  digits benchmark this weighting is not better than the constant one (``weighting="uniform"``), see
-  docs/score_dvi.md.
+  digits benchmark this weighting is not better than the constant one (``weighting="uniform"``), with either
+  the Gaussian or the ddpm prior, see docs/score_dvi.md.
 
 ELBO per image (maximised with Adam for a fixed number of steps, no early stopping):
 ``sum_i sum_k r_ik [log N(y_i; mu_i, v_k(i)) - s_i^2/(2 v_k(i)) + log pi_k - log r_ik] + E_q log p(x) + H[q(x)]``.
@@ -226,7 +226,7 @@ def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | DDPMDenoiser | None, s
     if prior != "none" and denoiser is None:
         raise ValueError(f"prior={prior!r} needs a denoiser; pass one or prior='none'")
     if prior == "gaussian" and isinstance(denoiser, DDPMDenoiser):
-        prior = "ddpm"
+        prior = "ddpm"  # the default name; the prior is whichever denoiser is passed
     if denoiser is not None and tuple(denoiser.shape) != tuple(y.shape[1:]):
         raise ValueError(f"denoiser was fitted on images of shape {tuple(denoiser.shape)}, got {tuple(y.shape[1:])}")
     torch.manual_seed(seed)
