@@ -13,16 +13,18 @@ Model of one noisy image ``y = x + n`` (pixels ``i``):
 * **Score prior.** ``E_q log p(x)`` is not available; only its gradient is needed. With an MMSE denoiser
   ``D_sigma`` at level ``sigma``, Tweedie's formula gives the score of the sigma-smoothed prior,
   ``grad log p_sigma(x) = (D_sigma(x) - x) / sigma^2``; the surrogate ``sum_i stopgrad(score_i) * x~_i`` at a
-  reparameterised sample ``x~ ~ q`` has that gradient. The denoiser here is the closed-form MMSE (Wiener)
+  reparameterised sample ``x~ ~ q`` has that gradient. Two denoisers: the closed-form MMSE (Wiener)
   denoiser of a full-covariance (non-i.i.d.) Gaussian image prior ``N(m, C)`` fitted on clean training images
-  (disjoint from the images denoised): ``D_sigma(x) = m + C (C + sigma^2 I)^-1 (x - m)``.
+  (disjoint from the images denoised), ``D_sigma(x) = m + C (C + sigma^2 I)^-1 (x - m)``
+  (:class:`GaussianMMSEDenoiser`), or this package's trained ``ddpm`` through Tweedie's formula, level ``sigma``
+  mapped to the timestep with ``abar = 1/(1 + (sigma/scale)^2)`` on the scaled image (:class:`DDPMDenoiser`).
 * **Noise-aware prior assignment.** Several denoiser levels ``sigma_j``; pixel ``i`` takes the score of level
   ``j`` with weight ``w_ij ∝ exp(-(log sigma_j - log s_i)^2 / (2 tau^2))``, ``s_i`` the per-pixel noise std left
   in the sample ``x~`` (the posterior std, which the non-i.i.d. noise model drives up where the observation
   noise is large): each denoiser counts where its level matches the local noise of what it denoises, which is
   where Tweedie's formula is exact (our reading of the paper's noise-aware assignment, Sec. 3.3). Note: on the
-  digits benchmark this weighting is not better than the constant one (``weighting="uniform"``), see
-  docs/score_dvi.md.
+  digits benchmark this weighting is not better than the constant one (``weighting="uniform"``), with either
+  the Gaussian or the ddpm prior, see docs/score_dvi.md.
 
 ELBO per image (maximised with Adam for a fixed number of steps, no early stopping):
 ``sum_i sum_k r_ik [log N(y_i; mu_i, v_k(i)) - s_i^2/(2 v_k(i)) + log pi_k - log r_ik] + E_q log p(x) + H[q(x)]``.
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NOISE_MODELS = ("mixture", "white")
-PRIORS = ("gaussian", "none")
+PRIORS = ("gaussian", "ddpm", "none")
 WEIGHTINGS = ("noise_aware", "uniform")
 NOISE_GUESS_RANGE = (1e-3, 1.0)
 
@@ -119,6 +121,74 @@ class GaussianMMSEDenoiser:
         return (self.denoise(x) - x.unsqueeze(0)) / s2
 
 
+class DDPMDenoiser:
+    """MMSE denoiser from this package's trained :class:`~lightning_vi.families.diffusion.ddpm.DDPM` by
+    Tweedie's formula (the paper's "cheap MMSE denoisers", Sec. 3.2, with a diffusion model as the denoiser).
+
+    A level-``sigma`` noisy image ``x = x0 + sigma n`` is, in the ddpm's model space ``z = (x - shift)/scale``,
+    ``z0 + (sigma/scale) n``; scaled by ``sqrt(abar)`` it is the forward-process state
+    ``x_t = sqrt(abar) z0 + sqrt(1 - abar) n`` exactly when ``abar = 1 / (1 + (sigma/scale)^2)``. Each level takes
+    the timestep whose ``abar_t`` is nearest that value; then
+    ``x0_hat = (x_t - sqrt(1 - abar_t) eps(x_t, t)) / sqrt(abar_t)`` (DDPM Eq. 4 solved for ``x0``, the
+    posterior mean for an MMSE-trained ``eps``), mapped back to data space, is ``D_sigma(x)``, and :meth:`score`
+    is ``(D_sigma(x) - x) / sigma^2``.
+
+    Args:
+        model: a ``DDPM`` module or the path of a Lightning checkpoint of one (unconditional use: class
+            conditional models get no label).
+        levels: denoiser noise stds (data scale), each inside the range of the model's schedule.
+        use_ema: use the EMA weights when the model has them.
+    """
+
+    def __init__(self, model, levels: Sequence[float], use_ema: bool = True) -> None:
+        from lightning_vi.families.diffusion.ddpm import DDPM
+
+        if isinstance(model, (str, Path)):
+            model = DDPM.load_from_checkpoint(str(model), map_location="cpu")
+        if not isinstance(model, DDPM):
+            raise ValueError(f"model is a {type(model).__name__}; expected a DDPM module or a checkpoint path of one")
+        if len(model.data_shape) != 3 or model.data_shape[0] != 1 or tuple(model.data_shape) != tuple(model.input_shape):
+            raise ValueError(f"ddpm runs on shape {list(model.data_shape)}; expected a pixel-space grayscale "
+                             "model with input_shape [1, H, W]")
+        self.model = model.eval()
+        self.net = model.network(use_ema)
+        self.shape = tuple(model.data_shape)
+        scale = float(model.hparams.data_scale)
+        abar = model.schedule.alphas_cumprod.double()
+        sig = scale * ((1 - abar) / abar).sqrt()          # data-scale noise std of each timestep
+        lo, hi = float(sig[0]), float(sig[-1])
+        ts = []
+        for s in levels:
+            check_noise_guess(s)
+            if not lo <= float(s) <= hi:
+                raise ValueError(f"denoiser level sigma={s!r} is out of range of the ddpm's schedule; allowed: "
+                                 f"[{lo:.4g}, {hi:.4g}] (timesteps 0..{len(abar) - 1})")
+            target = 1.0 / (1.0 + (float(s) / scale) ** 2)
+            ts.append(int((abar - target).abs().argmin()))
+        self.levels = torch.tensor([float(s) for s in levels])
+        self.timesteps = torch.tensor(ts)
+        self.abar = abar[self.timesteps].float()
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor) -> Tensor:
+        """``[L, N, 1, H, W]``: the Tweedie (MMSE) estimate of each level for each image."""
+        n_lev = len(self.levels)
+        z = self.model.to_model_space(x).unsqueeze(0).expand(n_lev, *x.shape)
+        a = self.abar.view(-1, 1, 1, 1, 1)
+        x_t = (a.sqrt() * z).reshape(-1, *x.shape[1:])
+        t = self.timesteps.repeat_interleave(x.shape[0])
+        out = self.net(x_t, t, None, None).view(n_lev, *x.shape)
+        if self.model.schedule.prediction_type == "epsilon":
+            x0 = (a.sqrt() * z - (1 - a).sqrt() * out) / a.sqrt()
+        else:
+            x0 = self.model.schedule.split(out.reshape(x_t.shape), x_t, t)[0].view(n_lev, *x.shape)
+        return self.model.from_model_space(x0)
+
+    def score(self, x: Tensor) -> Tensor:
+        s2 = self.levels.pow(2).view(-1, 1, 1, 1, 1)
+        return (self.denoise(x) - x.unsqueeze(0)) / s2
+
+
 class GroupedCNN(nn.Module):
     """``n`` independent small CNNs (3x3 convs, LeakyReLU) run as grouped convolutions: input ``[N, 1, H, W]``,
     output ``[N, out, H, W]``; image ``k`` only ever sees network ``k``."""
@@ -139,7 +209,7 @@ class GroupedCNN(nn.Module):
         return z.reshape(n, self.out, h, w)
 
 
-def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | None, steps: int = 400, lr: float = 1e-2,
+def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | DDPMDenoiser | None, steps: int = 400, lr: float = 1e-2,
               noise_model: str = "mixture", prior: str = "gaussian", weighting: str = "noise_aware",
               sigma_guess: float = 0.1, components: int = 2, grid: int = 4, tau: float = 0.5, width: int = 32,
               seed: int = 0) -> dict[str, Tensor]:
@@ -155,6 +225,8 @@ def score_dvi(y: Tensor, denoiser: GaussianMMSEDenoiser | None, steps: int = 400
             raise ValueError(f"{name}={val!r} is unknown; allowed: {', '.join(allowed)}")
     if prior != "none" and denoiser is None:
         raise ValueError(f"prior={prior!r} needs a denoiser; pass one or prior='none'")
+    if prior == "gaussian" and isinstance(denoiser, DDPMDenoiser):
+        prior = "ddpm"  # the default name; the prior is whichever denoiser is passed
     if denoiser is not None and tuple(denoiser.shape) != tuple(y.shape[1:]):
         raise ValueError(f"denoiser was fitted on images of shape {tuple(denoiser.shape)}, got {tuple(y.shape[1:])}")
     torch.manual_seed(seed)
@@ -249,15 +321,18 @@ def digits_benchmark(n: int = 20, image_size: int = 16, seed: int = 0) -> dict[s
 
 
 OPTIONS = {"n": 20, "image_size": 16, "steps": 400, "lr": 1e-2, "levels": [0.02, 0.05, 0.1, 0.2], "tau": 0.5,
-           "sigma_guess": 0.1, "width": 32, "seeds": [0, 1, 2]}
+           "sigma_guess": 0.1, "width": 32, "seeds": [0, 1, 2], "ddpm_checkpoint": None}
 
 
 def run_benchmark(o: argparse.Namespace) -> dict:
-    """ScoreDVI, its white-noise ablation and the oracle-stopped DIP on ``o.n`` digits for each noise seed."""
+    """ScoreDVI, its white-noise ablation and the oracle-stopped DIP on ``o.n`` digits for each noise seed; the
+    score prior is the ddpm of ``o.ddpm_checkpoint`` (a ``DDPM`` Lightning checkpoint on ``[1, S, S]`` images in
+    [0, 1]) when given, else the Gaussian MMSE denoiser."""
     rows = []
     for seed in o.seeds:
         b = digits_benchmark(o.n, o.image_size, seed)
-        den = GaussianMMSEDenoiser(b["train"], o.levels)
+        den = (DDPMDenoiser(o.ddpm_checkpoint, o.levels) if o.ddpm_checkpoint
+               else GaussianMMSEDenoiser(b["train"], o.levels))
         kw = dict(steps=o.steps, lr=o.lr, sigma_guess=o.sigma_guess, tau=o.tau, width=o.width, seed=seed)
         row = {"seed": seed, "noisy": float(psnr(b["noisy"], b["clean"]).mean())}
         row["score_dvi"] = float(psnr(score_dvi(b["noisy"], den, **kw)["x"], b["clean"]).mean())
@@ -277,6 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--sigma-guess", type=float)
+    ap.add_argument("--ddpm-checkpoint", help="ddpm checkpoint for the score prior (default: Gaussian MMSE prior)")
     a = ap.parse_args(argv)
     cfg = {}
     if a.config:
