@@ -114,6 +114,17 @@ def test_two_sample_classifier_closer_to_target_than_finetuning(results, seed):
     assert ad < ft - 0.1, ("two-sample classifier accuracy (0.5 = indistinguishable)", ad, ft)
 
 
+def test_two_sample_classifier_calibrated(setting):
+    """Held-out real target digits are indistinguishable from the real target set (accuracy near 0.5), source
+    samples are fully separable (near 1)."""
+    held_out = stylize(setting["pool"][:200], STYLE).flatten(1)
+    source = setting["source"].sample(200, generator=torch.Generator().manual_seed(7)).clamp(0, 1).flatten(1)
+    real = setting["real_target"].flatten(1)
+    for seed in SEEDS:
+        acc_real, acc_src = c2st_accuracy(held_out, real, seed), c2st_accuracy(source, real, seed)
+        assert acc_real < 0.62 and acc_src > 0.95, (seed, acc_real, acc_src)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_distribution_closer_to_target_and_samples_as_realistic(results, seed):
     """Fréchet distance to many real target digits below fine-tuning's; each sample's distance to its nearest
