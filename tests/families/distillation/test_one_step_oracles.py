@@ -97,6 +97,41 @@ def test_snoopi_random_scale_beats_a_fixed_large_scale():
     assert quality["random"] > quality["fixed"] + 0.05, quality
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_snoopi_draws_one_scale_per_step_for_teacher_and_fake_score(seed):
+    """PG-SB (SNOOPI Sec. 4.1): each step draws s ~ U[low, high] and uses the SAME s for the teacher and the
+    fake score, both with classifier-free guidance eps_null + s (eps_c - eps_null) (written here from the
+    fake network's conditional and null branches); a fixed range [s, s] always gives s."""
+    torch.manual_seed(seed)
+    m = SNOOPI(teacher="ring", guidance_range=[1.0, 8.0], hidden=16, fake_hidden=16, depth=1, fake_depth=1)
+    calls = {"teacher": [], "fake": []}
+    teacher_eps, fake_eps = m.teacher_eps, m.fake_eps
+
+    def rec(name, fn):
+        def wrapped(x_t, t, y, scale=1.0):
+            calls[name].append(scale)
+            return fn(x_t, t, y, scale)
+        return wrapped
+
+    m.teacher_eps, m.fake_eps = rec("teacher", teacher_eps), rec("fake", fake_eps)
+    y = torch.arange(64) % 8
+    x = m.generator(torch.randn(64, m.latent_dim), y)
+    draws = []
+    for _ in range(200):
+        _, diag = m.distill_grad(x, y)
+        draws.append(float(diag["guidance_scale"]))
+    assert calls["teacher"] == calls["fake"] == draws               # one scale per step, shared
+    d = torch.tensor(draws)
+    assert d.min() >= 1.0 and d.max() <= 8.0 and len(set(draws)) == 200
+    assert abs(float(d.mean()) - 4.5) < 0.5 and abs(float(d.std()) - 7 / math.sqrt(12)) < 0.4  # U[1, 8]
+    # guided fake eps against the closed form from its two branches
+    x_t, t, s = torch.randn(64, 2), torch.randint(0, 1000, (64,)), 5.5
+    e_c, e_u = m.fake(x_t, t, y), m.fake(x_t, t, torch.full_like(y, 8))
+    torch.testing.assert_close(fake_eps(x_t, t, y, s), e_u + s * (e_c - e_u), rtol=1e-5, atol=1e-5)
+    fixed = SNOOPI(teacher="ring", guidance_range=[8.0, 8.0], hidden=16, fake_hidden=16, depth=1, fake_depth=1)
+    assert {fixed.draw_scale() for _ in range(20)} == {8.0}
+
+
 # -- the discriminator's density ratio (forward KL's h = r) -------------------------------------------------
 @pytest.mark.parametrize("seed", SEEDS)
 def test_discriminator_logit_is_the_log_density_ratio(seed):
