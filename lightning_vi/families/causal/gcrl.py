@@ -11,7 +11,8 @@ Variational learning (the ELBO of ``log p(X, Y | E)``)::
 
 with ``p(S | E = e) = N(mu_e, diag sigma_e^2)``, one learned Gaussian component per training environment (the
 mixture ``p(S) = sum_e pi_e p(S | E = e)`` over training environments; the selection variable picks the
-component). Coordinates are relative to the last observed point; both decoders see only ``(Z, S)``.
+component; ``s_prior="mixture"`` uses the mixture itself, as the authors' code does). Coordinates are
+relative to the last observed point; both decoders see only ``(Z, S)``.
 
 Transfer to a new environment:
 
