@@ -11,7 +11,8 @@ Variational learning (the ELBO of ``log p(X, Y | E)``)::
 
 with ``p(S | E = e) = N(mu_e, diag sigma_e^2)``, one learned Gaussian component per training environment (the
 mixture ``p(S) = sum_e pi_e p(S | E = e)`` over training environments; the selection variable picks the
-component). Coordinates are relative to the last observed point; both decoders see only ``(Z, S)``.
+component; ``s_prior="mixture"`` uses the mixture itself, as the authors' code does). Coordinates are
+relative to the last observed point; both decoders see only ``(Z, S)``.
 
 Transfer to a new environment:
 
@@ -63,6 +64,10 @@ class GCRL(VIModule):
         hidden_dims: MLP widths of the encoders and decoders.
         reconstruct_past: include ``log p(X | Z, S)`` (the generative model explains the past too).
         kl_weight: weight of the KL terms (1 = the ELBO).
+        s_prior: ``"label"``: ``KL(q(S | X) || p(S | E = e))`` with the batch's environment component (closed
+            form); ``"mixture"``: ``KL(q(S | X) || sum_e pi_e p(S | E = e))`` against the mixture over training
+            environments with learned weights ``pi`` (one-sample Monte Carlo estimate; no environment label
+            used in the loss), as in the authors' code (github.com/sshirahmad/GCRL, ``models.py``).
         lr: learning rate of the default optimizer.
         **kwargs: the other shared ``VIModule`` arguments (``plugins``, ``optimizer``, ``lr_scheduler``,
             ``check_finite``).
@@ -79,6 +84,7 @@ class GCRL(VIModule):
         hidden_dims: list[int] = (64, 64),
         reconstruct_past: bool = True,
         kl_weight: float = 1.0,
+        s_prior: str = "label",
         lr: float = 2e-3,
         **kwargs: Any,
     ) -> None:
@@ -95,6 +101,7 @@ class GCRL(VIModule):
         check_range("t_obs", t_obs, 2)
         check_range("t_pred", t_pred, 1)
         check_range("kl_weight", kl_weight, 0.0)
+        check_choice("s_prior", s_prior, ["label", "mixture"])
         super().__init__(lr=lr, **kwargs)
         self.save_hyperparameters()
         self.train_envs, self.t_obs, self.t_pred, self.split = envs, t_obs, t_pred, bool(split)
@@ -109,6 +116,9 @@ class GCRL(VIModule):
         else:
             self.enc = MLP(d_in, hidden, 2 * d)                # q(Z' | X), Z' of size z_dim + s_dim, N(0, I)
         self.dec_past = MLP(d, hidden, 2 * t_obs)              # p(X | Z, S)
+        self.s_prior = s_prior
+        if self.split and s_prior == "mixture":     # mixing weights pi_e of p(S) = sum_e pi_e p(S | E = e)
+            self.prior_logits = nn.Parameter(torch.zeros(len(envs)))
         self.dec_future = MLP(d, hidden, 2 * t_pred)           # p(Y | Z, S)
         self.log_std_past = nn.Parameter(torch.full((2 * t_obs,), -2.0))
         self.log_std_future = nn.Parameter(torch.full((2 * t_pred,), -2.0))
@@ -182,7 +192,18 @@ class GCRL(VIModule):
             p_mu = torch.stack([self.prior_mu[str(e)] for e in self.known_envs])
             p_lv = torch.stack([self.prior_log_var[str(e)] for e in self.known_envs])
             idx = torch.as_tensor([self.known_envs.index(int(e)) for e in env.tolist()], device=mu.device)
-            kl_s = gaussian_kl(mu[:, dz:], log_var[:, dz:], p_mu[idx], p_lv[idx]).sum(-1).mean()
+            if self.s_prior == "mixture":
+                # reference-code variant: KL(q(S | X) || sum_e pi_e N(mu_e, sigma_e^2)), one-sample MC estimate
+                # over the training environments (a component added by add_environment is not in the mixture)
+                s = h[:, dz:]
+                log_q = -_gauss_nll(s, mu[:, dz:], 0.5 * log_var[:, dz:]).sum(-1)
+                m_mu = torch.stack([self.prior_mu[str(e)] for e in self.train_envs])
+                m_lv = torch.stack([self.prior_log_var[str(e)] for e in self.train_envs])
+                comp = -_gauss_nll(s[:, None], m_mu[None], 0.5 * m_lv[None]).sum(-1)        # [B, n_envs]
+                log_p = torch.logsumexp(comp + self.prior_logits.log_softmax(0), -1)
+                kl_s = (log_q - log_p).mean()
+            else:
+                kl_s = gaussian_kl(mu[:, dz:], log_var[:, dz:], p_mu[idx], p_lv[idx]).sum(-1).mean()
         else:
             kl_z = gaussian_kl(mu, log_var).sum(-1).mean()
             kl_s = torch.zeros((), device=mu.device)
