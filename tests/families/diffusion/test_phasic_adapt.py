@@ -149,9 +149,16 @@ def test_copy_rate_lower_over_seeds(results):
 
 
 def test_more_than_ten_shots_warns(setting):
+    import warnings
     model = PhasicAdapt(source=setting["source"], n_source=8, source_batch=4)
-    with pytest.warns(UserWarning, match="12 target shots"):
-        model.compute_loss({"x": torch.rand(12, 1, 8, 8)}, "train")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compute_loss({"x": torch.rand(10, 1, 8, 8)}, "train")
+    assert not [w for w in caught if "target shots" in str(w.message)], "10 shots must not warn"
+    with pytest.warns(UserWarning, match="12 target shots") as record:
+        loss, _ = model.compute_loss({"x": torch.rand(12, 1, 8, 8)}, "train")
+    assert len([w for w in record if "target shots" in str(w.message)]) == 1
+    assert torch.isfinite(loss), "a warned batch still trains"
 
 
 def test_registered_and_bad_arguments(setting):
