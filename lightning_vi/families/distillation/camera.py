@@ -105,7 +105,8 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
         t_min, t_max: ``t ~ U[t_min T, t_max T)`` for the object's update. weighting: ``sds`` or ``uniform``.
         hidden: widths of the fake score. lr: its Adam learning rate (``optimizer`` replaces that Adam).
         phi_warmup: steps that train only the fake score. esd_lambda: ESD's ``lambda`` in [0, 1].
-        p_uncond: probability of training ``eps_phi`` with the camera dropped (in (0, 1)).
+        p_uncond: probability of training ``eps_phi`` with the camera dropped (in (0, 1); 0 is allowed with
+            ``esd_lambda = 1``, plain view-conditioned VSD, whose fake score has no null branch).
         eval_views: cameras on the uniform validation grid.
         cover_threshold, on_mode_radius: of the validation metrics (:func:`mode_stats`).
         seed: of the object's initialisation and camera draws' generator.
@@ -152,9 +153,10 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
         check_range("esd_lambda", esd_lambda, 0.0, 1.0)
         check_range("p_uncond", p_uncond, 0.0, 1.0)
         check_range("eval_views", eval_views, 4)
-        if method == "esd" and p_uncond in (0.0, 1.0):
-            raise ValueError(f"p_uncond={p_uncond!r} is out of range for method='esd'; allowed: (0, 1), so that "
-                             "eps_phi learns both the view-conditional and the unconditional score")
+        if method == "esd" and (p_uncond == 1.0 or (p_uncond == 0.0 and esd_lambda != 1.0)):
+            raise ValueError(f"p_uncond={p_uncond!r} is out of range for method='esd' with esd_lambda={esd_lambda!r}; "
+                             "allowed: (0, 1), so that eps_phi learns both the view-conditional and the "
+                             "unconditional score (p_uncond=0 only with esd_lambda=1: plain view-conditioned VSD)")
         self.save_hyperparameters()
         self.teacher, spec = resolve_teacher(teacher, teacher_args, teacher_config, consumer="camera_score_distillation")
         self.hparams["teacher_config"] = spec
