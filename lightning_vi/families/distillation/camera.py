@@ -17,10 +17,12 @@ eps`` and back-propagates through the render (DreamFusion Eq. 3's Jacobian ``dx 
   "none" with probability ``p_uncond``. ``lambda = 1`` is view-conditioned VSD (ProlificDreamer with the
   camera as condition), ``lambda = 0`` maximises the entropy of the marginal over views.
 
-Why ``lambda = 1`` collapses here (ESD's Janus argument): a deterministic render makes ``q(x | c)`` a point
-mass at ``g_theta(c)``, whose exact noised score gives ``eps_phi(x_t, t, c) = eps``, so view-conditioned VSD
-tends to SDS and every view seeks a mode on its own. The unconditional branch learns the score of the
-marginal over views, so ``lambda < 1`` keeps the object's renders spread over the teacher's modes.
+ESD's Janus argument: a deterministic render makes ``q(x | c)`` a point mass at ``g_theta(c)``, whose exact
+noised score gives ``eps_phi(x_t, t, c) = eps``, so view-conditioned VSD tends to SDS and every view seeks a
+mode on its own; the unconditional branch learns the score of the marginal over views, so ``lambda < 1``
+keeps the renders spread over the teacher's modes. Measured on the ring (docs/distillation.md), SDS does
+send every view to one mode, but a smooth camera-conditioned MLP fake score does not learn the point mass:
+``lambda = 1`` scatters rather than collapses.
 
 ``w(t) = 1 - abar_t`` (``weighting: sds``) or 1. Object and fake score use Adam (``object_lr``, ``lr``),
 stepped together; ``phi_warmup`` steps train only the fake score. Validation renders ``eval_views``
