@@ -41,8 +41,10 @@ def check_envs(name: str, envs: Sequence[int], n_styles: int) -> list[int]:
 
 
 def goal_trajectories(n: int, speed: float, curvature: float, noise: float, t_obs: int = 8, t_pred: int = 12,
-                      env: int = 0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """``n`` goal-directed trajectories in one environment style (module docstring).
+                      env: int = 0, generator: torch.Generator | None = None,
+                      goal_range: tuple[float, float] = (3.0, 5.0)) -> dict[str, Tensor]:
+    """``n`` goal-directed trajectories in one environment style (module docstring); goals lie
+    ``goal_range`` = (min, max) units from the start in a uniform random direction.
 
     Returns ``past`` [n, t_obs, 2], ``future`` [n, t_pred, 2], ``env`` [n] (long) and ``goal`` [n, 2].
     """
@@ -54,7 +56,10 @@ def goal_trajectories(n: int, speed: float, curvature: float, noise: float, t_ob
     g = generator
     start = 2.0 * torch.rand(n, 2, generator=g) - 1.0
     angle = 2 * math.pi * torch.rand(n, generator=g)
-    dist = 3.0 + 2.0 * torch.rand(n, generator=g)
+    lo, hi = (float(v) for v in goal_range)
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"goal_range={tuple(goal_range)!r}: need 0 < min <= max")
+    dist = lo + (hi - lo) * torch.rand(n, generator=g)
     goal = start + dist[:, None] * torch.stack([angle.cos(), angle.sin()], -1)
     c, s = math.cos(curvature), math.sin(curvature)
     rot = torch.tensor([[c, -s], [s, c]])
@@ -78,12 +83,14 @@ class TrajectoryDataModule(InMemoryDataModule):
         test_env: the unseen environment id (test split and :meth:`shots`), not in ``train_envs``.
         styles: per environment id ``(speed, curvature, noise)``.
         n_per_env: trajectories per environment; t_obs / t_pred: observed past and predicted future steps.
+        goal_range: (min, max) distance of the goal from the start (default (3, 5); far goals such as (8, 12)
+            keep agents walking for all ``t_obs + t_pred`` steps).
     """
 
     def __init__(self, train_envs: list[int] = (0, 1, 2), test_env: int = 3,
                  styles: list[list[float]] = DEFAULT_STYLES, n_per_env: int = 500, t_obs: int = 8,
                  t_pred: int = 12, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, goal_range: tuple[float, float] = (3.0, 5.0)) -> None:
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, test_fraction=0.0, seed=seed,
                          num_workers=num_workers)
         self.styles = [tuple(float(v) for v in st) for st in styles]
@@ -97,12 +104,15 @@ class TrajectoryDataModule(InMemoryDataModule):
                              "must be unseen in training")
         check_range("n_per_env", n_per_env, 1)
         self.test_env, self.n_per_env, self.t_obs, self.t_pred = int(test_env), n_per_env, t_obs, t_pred
+        if len(goal_range) != 2 or not 0.0 < float(goal_range[0]) <= float(goal_range[1]):
+            raise ValueError(f"goal_range={tuple(goal_range)!r}: need (min, max) with 0 < min <= max")
+        self.goal_range = (float(goal_range[0]), float(goal_range[1]))
 
     def environment(self, env: int, n: int, offset: int = 0) -> dict[str, Tensor]:
         """``n`` trajectories of environment ``env`` (seeded by ``seed``, ``env`` and ``offset``)."""
         check_envs("env", [env], len(self.styles))
         return goal_trajectories(n, *self.styles[env], t_obs=self.t_obs, t_pred=self.t_pred, env=env,
-                                 generator=self.generator(1000 * env + offset))
+                                 generator=self.generator(1000 * env + offset), goal_range=self.goal_range)
 
     def generate(self) -> dict[str, Tensor]:
         parts = [self.environment(e, self.n_per_env) for e in self.train_envs]
