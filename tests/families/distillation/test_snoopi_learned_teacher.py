@@ -16,6 +16,9 @@ Asserted (what holds on seeds 0-4): the fixed scale diverges on at least 2 of th
 the random scale on none (0 of 5), and the random scale's quality beats the fixed one's on every seed.
 Not asserted: a lower seed-to-seed spread of the random scale's quality. It is lower on seeds 0-2 (std 0.05 vs
 0.08) but higher on seeds 0-4 (0.11 vs 0.09), and at ``S = 15`` it is higher on seeds 0-2 (docs' table).
+
+Mutations that make the divergence test fail: the random path replaced by the fixed high scale; the fake score
+left unguided (scale 1) while the teacher is guided; one scale drawn at the first step and reused.
 """
 
 from __future__ import annotations
