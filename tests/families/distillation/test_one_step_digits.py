@@ -11,15 +11,11 @@ wall-clock asserts in tests).
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 
-from lightning_vi.core.plain_loop import fit_objective
-from lightning_vi.data.digits import load_digits_tensors
-from lightning_vi.families.diffusion.ddpm import DDPM
 from lightning_vi.families.distillation.one_step import SNOOPI
-from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_classifier
+from lightning_vi.metrics.class_agreement import class_agreement
 
 torch.set_num_threads(1)
 N = 500
@@ -27,19 +23,9 @@ LABELS = torch.arange(N) % 10
 
 
 @pytest.fixture(scope="module")
-def digits_teacher(tmp_path_factory):
+def digits_teacher(digits_teacher_parts):
     """``(checkpoint path, classifier, teacher agreement)``."""
-    d = load_digits_tensors(8)
-    perm = torch.randperm(len(d["x"]), generator=torch.Generator().manual_seed(0))
-    train = {"x": d["x"][perm[:1500]], "y": d["y"][perm[:1500]]}
-    L.seed_everything(0)
-    ddpm = DDPM(input_shape=[1, 8, 8], hidden=128, depth=2, num_classes=10, p_uncond=0.2, data_scale=0.5,
-                data_shift=0.5, sample_steps=25)
-    fit_objective(ddpm, train, 300, 3e-3)
-    ckpt = tmp_path_factory.mktemp("teacher") / "ddpm.ckpt"
-    torch.save({"hyper_parameters": dict(ddpm.hparams), "lvi_class_path": "lightning_vi.families.diffusion.ddpm.DDPM",
-                "state_dict": ddpm.state_dict()}, ckpt)
-    classify = fit_digits_classifier(train["x"], train["y"])
+    ddpm, ckpt, classify = (digits_teacher_parts[k] for k in ("ddpm", "ckpt", "classify"))
     x = ddpm.sample(N, torch.Generator().manual_seed(0), y=LABELS, guidance_scale=3.0, sampler="ddim", steps=25)
     rate = class_agreement(classify, x.clamp(0, 1), LABELS)
     print("teacher agreement", rate)

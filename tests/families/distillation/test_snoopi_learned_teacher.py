@@ -35,11 +35,10 @@ import pytest
 import torch
 
 from lightning_vi.core.plain_loop import fit_objective
-from lightning_vi.data.digits import load_digits_tensors
 from lightning_vi.families.diffusion.ddpm import DDPM
 from lightning_vi.families.distillation.one_step import SNOOPI
 from lightning_vi.families.distillation.teachers import GaussianMixtureTeacher
-from lightning_vi.metrics.class_agreement import class_agreement, fit_digits_classifier
+from lightning_vi.metrics.class_agreement import class_agreement
 
 torch.set_num_threads(1)
 RING = GaussianMixtureTeacher.ring()  # radius 2, std 0.1: the data and the exact mode centres
@@ -119,20 +118,10 @@ DIGIT_LABELS = torch.arange(N_DIGITS) % 10
 
 
 @pytest.fixture(scope="module")
-def digits_runs(tmp_path_factory) -> dict[str, list[dict]]:
+def digits_runs(digits_teacher_parts) -> dict[str, list[dict]]:
     """Class agreement and saturation (share of model-space pixels outside [-1.5, 1.5]) of fixed ``[8, 8]`` and ``U[2, 8]`` students, seeds 0-2, from the digits-test teacher recipe
     (MLP 128 x 2, ``p_uncond 0.2``, 300 full-batch steps on 1500 digits)."""
-    d = load_digits_tensors(8)
-    perm = torch.randperm(len(d["x"]), generator=torch.Generator().manual_seed(0))
-    train = {"x": d["x"][perm[:1500]], "y": d["y"][perm[:1500]]}
-    L.seed_everything(0)
-    ddpm = DDPM(input_shape=[1, 8, 8], hidden=128, depth=2, num_classes=10, p_uncond=0.2, data_scale=0.5,
-                data_shift=0.5, sample_steps=25)
-    fit_objective(ddpm, train, 300, 3e-3)
-    ckpt = tmp_path_factory.mktemp("digits_teacher") / "ddpm.ckpt"
-    torch.save({"hyper_parameters": dict(ddpm.hparams), "lvi_class_path": "lightning_vi.families.diffusion.ddpm.DDPM",
-                "state_dict": ddpm.state_dict()}, ckpt)
-    classify = fit_digits_classifier(train["x"], train["y"])
+    ckpt, classify = digits_teacher_parts["ckpt"], digits_teacher_parts["classify"]
     out: dict[str, list[dict]] = {}
     for name, rng in (("fixed", [S_DIGITS, S_DIGITS]), ("random", [2.0, S_DIGITS])):
         out[name] = []
