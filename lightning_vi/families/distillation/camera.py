@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from lightning_vi.core.checks import check_choice, check_range
 from lightning_vi.core.module import VIModule
 from lightning_vi.families.diffusion.producer import FrozenProducers
-from lightning_vi.families.distillation.particles import _Joint, knn_entropy, mode_stats
-from lightning_vi.families.distillation.teachers import GaussianMixtureTeacher, guided_eps, resolve_teacher
+from lightning_vi.families.distillation.particles import _Joint, draw_noise_level, fit_particles, noise, sample_metrics
+from lightning_vi.families.distillation.teachers import guided_eps, resolve_teacher
 from lightning_vi.nn.mlp import MLP
 from lightning_vi.nn.unet import timestep_embedding
 from lightning_vi.plugins.base import Plugin
@@ -193,12 +193,9 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
 
     def distillation_grad(self, x: Tensor, c: Tensor) -> Tensor:
         """``w(t) (eps_teacher(x_t, t) - eps_fake)`` at renders ``x`` of cameras ``c`` (no graph)."""
-        h, T = self.hparams, self.teacher.num_timesteps
-        lo, hi = int(h.t_min * T), max(int(h.t_max * T), int(h.t_min * T) + 1)
-        t = torch.randint(lo, hi, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
-        a = self.teacher.abar(t, x)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+        h = self.hparams
+        t = draw_noise_level(x.shape[0], h.t_min, h.t_max, self.teacher.num_timesteps, x.device)
+        x_t, eps, a = noise(self.teacher, x, t)
         with torch.no_grad():
             return self.weight(a) * (guided_eps(self.teacher, x_t, t, None, 1.0) - self.fake_eps(x_t, t, c, eps))
 
@@ -206,9 +203,7 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
         """Denoising score matching of ``eps_phi`` on the detached renders, ``t ~ U[0, T)``, the camera
         dropped to "none" with probability ``p_uncond`` (classifier-free guidance training)."""
         t = torch.randint(0, self.teacher.num_timesteps, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
-        a = self.teacher.abar(t, x)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+        x_t, eps, _ = noise(self.teacher, x, t)
         null = torch.rand(x.shape[0], device=x.device) < self.hparams.p_uncond
         return ((self.phi(x_t, t, c, null) - eps) ** 2).flatten(1).sum(-1).mean()
 
@@ -230,12 +225,7 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
 
     @torch.no_grad()
     def render_metrics(self) -> dict[str, Tensor]:
-        x = self.render()
-        out = {"entropy": knn_entropy(x)}
-        if isinstance(self.teacher, GaussianMixtureTeacher):
-            s = mode_stats(x, self.teacher, self.hparams.cover_threshold, self.hparams.on_mode_radius)
-            out |= {k: s[k] for k in ("modes_covered", "on_mode", "std_ratio")}
-            out["log_prob"] = self.teacher.log_prob(x).mean()
+        out = sample_metrics(self.render(), self.teacher, self.hparams.cover_threshold, self.hparams.on_mode_radius)
         return {k: v.to(self.device) for k, v in out.items()}
 
     def configure_optimizers(self) -> Any:
@@ -262,16 +252,5 @@ class CameraScoreDistillation(FrozenProducers, VIModule):
         return self.teacher.from_model_space(self.render(c))
 
 
-def fit_camera(model: CameraScoreDistillation, steps: int) -> CameraScoreDistillation:
-    """Plain-PyTorch loop (no Trainer): ``steps`` steps of ``objective`` with the family's optimizer."""
-    check_range("steps", steps, 0)
-    opt = model.configure_optimizers()
-    model.train()
-    for _ in range(int(steps)):
-        terms = model.objective(None)
-        loss = sum(w * terms[k] for k, w in model.term_weights.items())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.plain_steps += 1
-    return model.eval()
+# the plain loop of the particle family serves the camera object unchanged
+fit_camera = fit_particles

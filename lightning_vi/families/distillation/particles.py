@@ -127,6 +127,32 @@ def mode_stats(x: Tensor, teacher: GaussianMixtureTeacher, cover_threshold: floa
             "mode_stds": stds, "std_ratio": ratio}
 
 
+def draw_noise_level(n: int, t_min: float, t_max: float, num_timesteps: int, device=None) -> Tensor:
+    """Integer timesteps ``t ~ U[t_min T, t_max T)`` (at least one level), the distillation range."""
+    lo = int(t_min * num_timesteps)
+    hi = max(int(t_max * num_timesteps), lo + 1)
+    return torch.randint(lo, hi, (n,), device=device)
+
+
+def noise(teacher, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DDPM forward process at ``t``: ``(x_t, eps, abar_t)`` with ``x_t = sqrt(abar) x + sqrt(1 - abar) eps``."""
+    eps = torch.randn_like(x)
+    a = teacher.abar(t, x)
+    return a.sqrt() * x + (1 - a).sqrt() * eps, eps, a
+
+
+@torch.no_grad()
+def sample_metrics(x: Tensor, teacher, cover_threshold: float, on_mode_radius: float) -> dict[str, Tensor]:
+    """Validation measures of distilled samples ``x`` (model space): k-NN entropy and, for a Gaussian-mixture
+    teacher, :func:`mode_stats` and the mean teacher log-density."""
+    out = {"entropy": knn_entropy(x)}
+    if isinstance(teacher, GaussianMixtureTeacher):
+        s = mode_stats(x, teacher, cover_threshold, on_mode_radius)
+        out |= {k: s[k] for k in ("modes_covered", "on_mode", "std_ratio")}
+        out["log_prob"] = teacher.log_prob(x).mean()
+    return out
+
+
 class _Joint(torch.optim.Optimizer):
     """Two optimizers stepped as one (the particles' and the fake score's), so that Lightning's automatic
     optimisation runs one backward of ``distill + dsm`` and updates both blocks from the same step."""
@@ -302,12 +328,9 @@ class ScoreDistillation(FrozenProducers, VIModule):
 
     def distillation_grad(self, x: Tensor) -> Tensor:
         """``w(t) (eps_teacher(x_t, t) - eps_fake)`` for every particle (no graph)."""
-        h, T = self.hparams, self.teacher.num_timesteps
-        lo, hi = int(h.t_min * T), max(int(h.t_max * T), int(h.t_min * T) + 1)
-        t = torch.randint(lo, hi, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
-        a = self.teacher.abar(t, x)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+        h = self.hparams
+        t = draw_noise_level(x.shape[0], h.t_min, h.t_max, self.teacher.num_timesteps, x.device)
+        x_t, eps, a = noise(self.teacher, x, t)
         with torch.no_grad():
             return self.weight(a) * (self.teacher_eps(x_t, t) - self.fake_eps(x_t, t, eps))
 
@@ -315,9 +338,7 @@ class ScoreDistillation(FrozenProducers, VIModule):
         """Denoising score matching of ``eps_phi`` on the (detached) particles (ProlificDreamer Alg. 1),
         ``t ~ U[0, T)``; ESD drops the view to "none" with probability ``p_uncond``."""
         t = torch.randint(0, self.teacher.num_timesteps, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
-        a = self.teacher.abar(t, x)
-        x_t = a.sqrt() * x + (1 - a).sqrt() * eps
+        x_t, eps, _ = noise(self.teacher, x, t)
         c = None
         if self.method == "esd":
             drop = torch.rand(x.shape[0], device=x.device) < self.hparams.p_uncond
@@ -341,12 +362,8 @@ class ScoreDistillation(FrozenProducers, VIModule):
 
     @torch.no_grad()
     def particle_metrics(self) -> dict[str, Tensor]:
-        x = self.particles.detach()
-        out = {"entropy": knn_entropy(x)}
-        if isinstance(self.teacher, GaussianMixtureTeacher):
-            s = mode_stats(x, self.teacher, self.hparams.cover_threshold, self.hparams.on_mode_radius)
-            out |= {k: s[k] for k in ("modes_covered", "on_mode", "std_ratio")}
-            out["log_prob"] = self.teacher.log_prob(x).mean()
+        out = sample_metrics(self.particles.detach(), self.teacher, self.hparams.cover_threshold,
+                             self.hparams.on_mode_radius)
         return {k: v.to(self.device) for k, v in out.items()}
 
     def configure_optimizers(self) -> Any:
@@ -371,8 +388,9 @@ class ScoreDistillation(FrozenProducers, VIModule):
         return self.teacher.from_model_space(x if n is None else x[:n])
 
 
-def fit_particles(model: ScoreDistillation, steps: int) -> ScoreDistillation:
-    """Plain-PyTorch training loop (no Trainer): ``steps`` steps of ``objective`` with the family's optimizer."""
+def fit_particles(model: VIModule, steps: int) -> VIModule:
+    """Plain-PyTorch training loop (no Trainer): ``steps`` steps of ``objective`` with the family's optimizer
+    (any distillation family with ``term_weights`` and a ``plain_steps`` counter: particles or a camera object)."""
     check_range("steps", steps, 0)
     opt = model.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
