@@ -30,6 +30,16 @@ def _quiet_lightning(caplog):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _finish_wandb_run():
+    """A test that fits through ``build_cli`` leaves its W&B run open (``lvi`` itself finishes it); finish it here so
+    the next test's WandbLogger starts its own run instead of reusing this one (test order must not matter)."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
