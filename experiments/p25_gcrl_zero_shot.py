@@ -66,18 +66,14 @@ class ConfidenceGCRL(GCRL):
                     p.requires_grad_(False)
         else:
             self.enc = MLP(d_in, [wide, wide] if wide else hidden, 2 * (self.z_dim + self.s_dim))
-        self._conf, self._encoding = None, False
-
-    def _relative(self, past: Tensor) -> tuple[Tensor, Tensor]:
-        x, origin = super()._relative(past)
-        return (torch.cat([x, self._conf], -1) if self._encoding else x), origin
+        self._conf: Tensor | None = None
 
     def posterior(self, past: Tensor) -> tuple[Tensor, Tensor]:
-        self._encoding = True
-        try:
-            return super().posterior(past)
-        finally:
-            self._encoding = False
+        x = torch.cat([self._relative(past.float())[0], self._conf], -1)
+        if not self.split:
+            return self.enc(x).chunk(2, -1)
+        (mz, lz), (ms, ls) = self.enc_z(x).chunk(2, -1), self.enc_s(x).chunk(2, -1)
+        return torch.cat([mz, ms], -1), torch.cat([lz, ls], -1)
 
     def objective(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         self._conf = batch["conf"].float()
