@@ -9,7 +9,9 @@ walk to the opposite side at their own speed (0.2-0.3 per step); each step heads
 ``normalise(u_goal + 2 max(0, r_e / d - 1) (p_i - p_j) / d)``: a repulsion from the other agent that starts at the
 environment's interaction radius ``r_e`` (distance ``d``). Training radii 1, 2, 3; unseen radii 1.5 and 2.5
 (inside the range: the authors' "in-distribution" shift) and 4 (outside). 8 observed and 12 predicted steps, both
-agents of a scene are samples; coordinates relative to the agent's last observed point.
+agents of a scene are samples; coordinates relative to the agent's last observed point. A second scene type,
+``group`` (:func:`group_scenes`), makes the environment visible in the past: a shared goal and a spring that relaxes
+the agents' separation to the preferred distance ``r_e``.
 
 Variants (600 Adam steps, lr 2e-3, batches of 256, ELBO, label prior, ``z_dim = s_dim = 2``, hidden [64, 64]):
 ``split`` (GCRL: ``q(Z | own past)``, ``q(S | other_t - own_t)``, ``p(S | E)`` per training environment),
@@ -66,6 +68,40 @@ def crossing_scenes(n: int, radius: float, generator: torch.Generator, env: int 
             "env": torch.full((2 * n,), env, dtype=torch.long)}
 
 
+def group_scenes(n: int, radius: float, generator: torch.Generator, env: int = 0, noise: float = 0.01
+                 ) -> dict[str, Tensor]:
+    """``n`` two-agent group-walking scenes: both agents start 0.5-4 apart and walk towards a shared goal 6-10 units
+    away at their own speed (0.2-0.3), each heading along ``normalise(u_goal + 0.5 (d - r_e) (p_j - p_i) / d)``, a
+    spring that relaxes the separation ``d`` to the environment's preferred distance ``r_e`` (visible in the past,
+    unlike the crossing scenes). Same return as :func:`crossing_scenes`."""
+    g = generator
+    theta = 2 * math.pi * torch.rand(n, generator=g)
+    side = torch.stack([-theta.sin(), theta.cos()], -1)                       # perpendicular to the goal direction
+    sep = 0.5 + 3.5 * torch.rand(n, 1, generator=g)
+    centre = 2 * torch.rand(n, 2, generator=g) - 1
+    start = torch.stack([centre + 0.5 * sep * side, centre - 0.5 * sep * side], 1)            # [n, 2, 2]
+    dist = 6.0 + 4.0 * torch.rand(n, 1, generator=g)
+    goal = (centre + dist * torch.stack([theta.cos(), theta.sin()], -1))[:, None].expand(n, 2, 2)
+    speed = 0.2 + 0.1 * torch.rand(n, 2, 1, generator=g)
+    p, points = start, [start]
+    for _ in range(T_OBS + T_PRED - 1):
+        to_goal = goal - p
+        dist_goal = to_goal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        rel = p.flip(1) - p                                                   # p_j - p_i
+        d = rel.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+        heading = to_goal / dist_goal + 0.5 * (d - radius) * rel / d
+        heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        p = p + heading * torch.minimum(speed, dist_goal) + noise * torch.randn(p.shape, generator=g)
+        points.append(p)
+    traj = torch.stack(points, 2)
+    own, other = traj.flatten(0, 1), traj.flip(1).flatten(0, 1)
+    return {"past": own[:, :T_OBS], "future": own[:, T_OBS:], "other": other[:, :T_OBS],
+            "env": torch.full((2 * n,), env, dtype=torch.long)}
+
+
+SCENES = {"crossing": crossing_scenes, "group": group_scenes}
+
+
 class InteractionGCRL(GCRL):
     """GCRL whose style encoder reads the relative inter-agent positions ``other_t - own_t`` of the observed steps,
     as in the authors' MLP model; the ablation's single encoder reads both.
@@ -116,15 +152,17 @@ def matched_width() -> int:
     return next(w for w in range(64, 256) if encoder_params(InteractionGCRL(split=False, wide=w)) >= target)
 
 
-def data(seed: int) -> tuple[dict[str, Tensor], dict[float, dict[str, Tensor]]]:
+def data(seed: int, scene: str = "crossing") -> tuple[dict[str, Tensor], dict[float, dict[str, Tensor]]]:
     gen = lambda env, off: torch.Generator().manual_seed(7919 * seed + 1000 * env + off)   # noqa: E731
-    parts = [crossing_scenes(225, r, gen(e, 0), env=e) for e, r in enumerate(TRAIN_RADII)]
+    make = SCENES[scene]
+    parts = [make(225, r, gen(e, 0), env=e) for e, r in enumerate(TRAIN_RADII)]
     tr = {k: torch.cat([p[k] for p in parts]) for k in KEYS}
-    return tr, {r: crossing_scenes(250, r, gen(9 + i, 1), env=9) for i, r in enumerate(TEST_RADII)}
+    return tr, {r: make(250, r, gen(9 + i, 1), env=9) for i, r in enumerate(TEST_RADII)}
 
 
-def run(seed: int, steps: int, width: int, variants=VARIANTS) -> dict[str, dict[float, tuple[float, float]]]:
-    tr, tests = data(seed)
+def run(seed: int, steps: int, width: int, variants=VARIANTS, scene: str = "crossing"
+        ) -> dict[str, dict[float, tuple[float, float]]]:
+    tr, tests = data(seed, scene)
     out = {}
     for name in variants:
         torch.manual_seed(seed)
@@ -142,14 +180,14 @@ def run(seed: int, steps: int, width: int, variants=VARIANTS) -> dict[str, dict[
     return out
 
 
-def table(steps: int, seeds, width: int, variants=VARIANTS) -> None:
-    print(f"\n## {steps} steps: ADE / FDE on unseen radii (posterior mean; cv = constant velocity)\n")
+def table(steps: int, seeds, width: int, variants=VARIANTS, scene: str = "crossing") -> None:
+    print(f"\n## {scene} scenes, {steps} steps: ADE / FDE on unseen radii (posterior mean; cv = constant velocity)\n")
     cols = [f"{v}, r {r:g}" for r in TEST_RADII for v in (*variants, "cv")]
     print("| seed | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     wins = {r: [0, 0] for r in TEST_RADII}
     for s in seeds:
-        res = run(s, steps, width, variants)
+        res = run(s, steps, width, variants, scene)
         print(f"| {s} | " + " | ".join(f"{res[v][r][0]:.3f} / {res[v][r][1]:.3f}" for r in TEST_RADII
                                        for v in (*variants, "cv")) + " |", flush=True)
         for r in TEST_RADII:
@@ -163,11 +201,13 @@ def table(steps: int, seeds, width: int, variants=VARIANTS) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     seeds = range(int(sys.argv[1]), int(sys.argv[2])) if len(sys.argv) > 2 else range(12)
+    scenes = sys.argv[3:] or list(SCENES)
     width = matched_width()
     print("<!-- made by: PYTHONPATH=. python experiments/p25_gcrl_interaction.py > "
           "experiments/results/p25_gcrl_interaction.md (torch 2.13 CPU) -->")
-    print(f"# GCRL zero-shot on two-agent crossing scenes (train radii 1, 2, 3; wide = width {width})")
-    table(600, seeds, width)
+    print(f"# GCRL zero-shot on two-agent scenes (train radii 1, 2, 3; wide = width {width})")
+    for scene in scenes:
+        table(600, seeds, width, scene=scene)
 
 
 if __name__ == "__main__":
