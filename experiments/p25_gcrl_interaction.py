@@ -40,10 +40,31 @@ KEYS = ("past", "future", "env", "other")
 T_OBS, T_PRED = 8, 12
 
 
+def walk(start: Tensor, goal: Tensor, speed: Tensor, push, noise: float, g: torch.Generator, env: int
+         ) -> dict[str, Tensor]:
+    """Two agents per scene (``start``, ``goal`` [n, 2, 2], ``speed`` [n, 2, 1]) walking ``T_OBS + T_PRED`` points;
+    each step heads along ``normalise(u_goal + push(d) (p_i - p_j) / d)`` (``d`` the distance between the agents),
+    capped by the distance to the goal, plus ``N(0, noise^2)``. Returns ``2 n`` agent samples with ``past``,
+    ``future`` and ``other`` (the other agent's past) and ``env``."""
+    n, p, points = len(start), start, [start]
+    for _ in range(T_OBS + T_PRED - 1):
+        to_goal = goal - p
+        dist_goal = to_goal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        rel = p - p.flip(1)                                                   # p_i - p_j
+        d = rel.norm(dim=-1, keepdim=True).clamp_min(1e-3)
+        heading = to_goal / dist_goal + push(d) * rel / d
+        heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        p = p + heading * torch.minimum(speed, dist_goal) + noise * torch.randn(p.shape, generator=g)
+        points.append(p)
+    traj = torch.stack(points, 2)                                             # [n, 2 agents, T, 2]
+    own, other = traj.flatten(0, 1), traj.flip(1).flatten(0, 1)
+    return {"past": own[:, :T_OBS], "future": own[:, T_OBS:], "other": other[:, :T_OBS],
+            "env": torch.full((2 * n,), env, dtype=torch.long)}
+
+
 def crossing_scenes(n: int, radius: float, generator: torch.Generator, env: int = 0, noise: float = 0.01
                     ) -> dict[str, Tensor]:
-    """``n`` two-agent circle-crossing scenes (module docstring) -> ``2 n`` agent samples with ``past``, ``future``
-    and ``other`` (the other agent's past) [2n, T, 2] and ``env`` [2n]."""
+    """``n`` two-agent circle-crossing scenes (module docstring); returns :func:`walk`'s ``2 n`` agent samples."""
     g = generator
     big_r = 2.0 + 2.0 * torch.rand(n, 1, generator=g)
     theta = 2 * math.pi * torch.rand(n, generator=g)
@@ -52,20 +73,7 @@ def crossing_scenes(n: int, radius: float, generator: torch.Generator, env: int 
     goal_angles = angles + math.pi + 0.4 * (torch.rand(n, 2, generator=g) - 0.5)
     goal = big_r[..., None] * torch.stack([goal_angles.cos(), goal_angles.sin()], -1)
     speed = 0.2 + 0.1 * torch.rand(n, 2, 1, generator=g)
-    p, points = start, [start]
-    for _ in range(T_OBS + T_PRED - 1):
-        to_goal = goal - p
-        dist_goal = to_goal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        rel = p - p.flip(1)                                                   # p_i - p_j
-        d = rel.norm(dim=-1, keepdim=True).clamp_min(1e-3)
-        heading = to_goal / dist_goal + 2 * (radius / d - 1).clamp_min(0) * rel / d
-        heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        p = p + heading * torch.minimum(speed, dist_goal) + noise * torch.randn(p.shape, generator=g)
-        points.append(p)
-    traj = torch.stack(points, 2)                                             # [n, 2 agents, T, 2]
-    own, other = traj.flatten(0, 1), traj.flip(1).flatten(0, 1)
-    return {"past": own[:, :T_OBS], "future": own[:, T_OBS:], "other": other[:, :T_OBS],
-            "env": torch.full((2 * n,), env, dtype=torch.long)}
+    return walk(start, goal, speed, lambda d: 2 * (radius / d - 1).clamp_min(0), noise, g, env)
 
 
 def group_scenes(n: int, radius: float, generator: torch.Generator, env: int = 0, noise: float = 0.01
@@ -83,20 +91,7 @@ def group_scenes(n: int, radius: float, generator: torch.Generator, env: int = 0
     dist = 6.0 + 4.0 * torch.rand(n, 1, generator=g)
     goal = (centre + dist * torch.stack([theta.cos(), theta.sin()], -1))[:, None].expand(n, 2, 2)
     speed = 0.2 + 0.1 * torch.rand(n, 2, 1, generator=g)
-    p, points = start, [start]
-    for _ in range(T_OBS + T_PRED - 1):
-        to_goal = goal - p
-        dist_goal = to_goal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        rel = p.flip(1) - p                                                   # p_j - p_i
-        d = rel.norm(dim=-1, keepdim=True).clamp_min(1e-3)
-        heading = to_goal / dist_goal + 0.5 * (d - radius) * rel / d
-        heading = heading / heading.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        p = p + heading * torch.minimum(speed, dist_goal) + noise * torch.randn(p.shape, generator=g)
-        points.append(p)
-    traj = torch.stack(points, 2)
-    own, other = traj.flatten(0, 1), traj.flip(1).flatten(0, 1)
-    return {"past": own[:, :T_OBS], "future": own[:, T_OBS:], "other": other[:, :T_OBS],
-            "env": torch.full((2 * n,), env, dtype=torch.long)}
+    return walk(start, goal, speed, lambda d: 0.5 * (radius - d), noise, g, env)
 
 
 SCENES = {"crossing": crossing_scenes, "group": group_scenes}
