@@ -189,7 +189,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} is truncated ({size} bytes; the end of the file is "
                               "missing, e.g. the run was stopped while saving or a copy did not finish). "
                               "Use another checkpoint or re-run fit.")
-    if not zipped and not head.startswith(b"\x80"):  # neither torch's zip format nor a legacy pickle
+    legacy = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")  # pickle PROTO 2-5
+    if not zipped and not legacy:  # neither torch's zip format nor a legacy pickle
         kind = "text" if _looks_like_text(p) else "binary data"
         raise CheckpointError(f"checkpoint {str(path)!r} is not a checkpoint: it is not a PyTorch file "
                               f"({size} bytes of {kind}). Give a .ckpt file written by `lvi fit`.")

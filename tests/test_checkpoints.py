@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import shutil
 import signal
 from pathlib import Path
@@ -157,7 +158,8 @@ def test_checkpoint_with_other_network_shape_stops(trained, tmp_path, monkeypatc
 def _bad_files(trained: Path, folder: Path) -> dict[str, tuple[Path, str]]:
     good = (trained / "last.ckpt").read_bytes()
     files = {
-        "garbage": (os.urandom(4096), "is not a checkpoint: it is not a PyTorch file"),
+        # fixed bytes: random ones start with a pickle PROTO opcode (0x80 0x02-0x05) now and then
+        "garbage": (b"\x80\x7f" + random.Random(0).randbytes(4094), "is not a checkpoint: it is not a PyTorch file"),
         "truncated": (good[: len(good) // 2], "is truncated"),
         "empty": (b"", "is empty (0 bytes): not a checkpoint"),
     }
