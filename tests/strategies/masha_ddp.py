@@ -7,7 +7,6 @@ starts DEVICES worker processes (``--worker RANK``); rank 0 writes the JSON.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ N, STEPS, EVERY, SEEDS = 50, 450, 5, (0, 1, 2)  # iterates and bits recorded eve
 CONFIGS = [("masha1", None, 0.3), ("masha1", 0.1, 0.2), ("masha2", 0.1, 0.3)]  # variant, server_k, gamma * L
 
 
-def _worker(rank: int, world: int, port: str, out: str) -> None:
+def _worker(rank: int, world: int, store: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -23,7 +22,8 @@ def _worker(rank: int, world: int, port: str, out: str) -> None:
     from lightning_vi.strategies.masha_optim import Masha
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a FileStore rendezvous: no port picked in advance that another process could take before rank 0 binds it
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     results = []
     for seed in SEEDS:
         ops, z_star, L = quadratic_game(N, workers=world, seed=seed)
@@ -66,11 +66,11 @@ def main() -> None:
         _worker(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
         return
     world, out = int(sys.argv[1]), sys.argv[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    store = os.path.abspath(out) + ".store"  # fresh per run (run_ddp_script gives each run its own tmp folder)
+    if os.path.exists(store):
+        os.remove(store)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(r), str(world), port, out], env=env)
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(r), str(world), store, out], env=env)
              for r in range(world)]
     sys.exit(max(p.wait() for p in procs))
 
