@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 
 
 def _free_port() -> int:
@@ -110,23 +109,13 @@ def main() -> None:
     if args.worker:
         _worker(args)
         return
-    for attempt in range(3):  # the free port can be taken by another process before rank 0 binds it: pick another
-        port = str(_free_port())
-        procs, logs = [], []
-        for rank in range(2):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", NODE_RANK="0",
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
-            logs.append(tempfile.TemporaryFile("w+"))  # a file, not a pipe: a full pipe could block a rank
-            procs.append(subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker"], env=env, stderr=logs[-1]))
-        codes = [proc.wait() for proc in procs]
-        errs = []
-        for log in logs:
-            log.seek(0)
-            errs.append(log.read())
-            log.close()
-        if max(codes) == 0 or not any("address already in use" in e.lower() for e in errs) or attempt == 2:
-            break
-    sys.stderr.write("".join(errs))
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", NODE_RANK="0",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker"], env=env))
+    codes = [proc.wait() for proc in procs]
     sys.exit(max(codes))
 
 
